@@ -1,0 +1,26 @@
+"""adaspec: adaptive, lossless speculative decoding.
+
+from adaspec import load, GenerationConfig
+engine = load()                      # default pair: Qwen2.5-Coder 1.5B + 0.5B draft
+prompt = engine.target.tokenizer.apply_chat([{"role": "user", "content": "Hi"}])
+result = engine.generate(prompt, GenerationConfig(max_new_tokens=64))
+"""
+
+from adaspec.api import load, load_backend
+from adaspec.config import GenerationConfig, SamplingParams
+from adaspec.engine import Engine, Generation, GenerationResult
+from adaspec.errors import AdaspecError, ConfigError, ModelError
+
+__all__ = [
+    "AdaspecError",
+    "ConfigError",
+    "Engine",
+    "Generation",
+    "GenerationConfig",
+    "GenerationResult",
+    "ModelError",
+    "SamplingParams",
+    "load",
+    "load_backend",
+]
+__version__ = "0.1.0"

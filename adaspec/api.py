@@ -1,0 +1,78 @@
+"""Loading models and assembling an Engine from names: the Python API behind the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from adaspec.backends import (
+    BACKENDS,
+    Backend,
+    Tokenizer,
+    torch_hf,  # noqa: F401  (registers the torch backend)
+)
+from adaspec.drafters import DRAFTERS
+from adaspec.engine import Engine
+from adaspec.errors import ConfigError
+from adaspec.models import DEFAULT_DRAFT, DEFAULT_TARGET, resolve_model
+from adaspec.policies import POLICIES
+
+
+def choose_backend(path: Path, requested: str) -> str:
+    """``auto`` picks the torch backend for now; the llama.cpp issue adds GGUF routing."""
+    if requested == "auto":
+        return "torch"
+    BACKENDS.get(requested)  # raises a ConfigError listing the valid names
+    return requested
+
+
+def load_backend(
+    model: str | Path, backend: str = "auto", device: str | None = None, dtype: str | None = None
+) -> Backend:
+    """A backend for a named model, a ``.gguf`` file or a Hugging Face model folder."""
+    path = resolve_model(model)
+    return BACKENDS.get(choose_backend(path, backend)).load(path, device=device, dtype=dtype)
+
+
+def encode_prompt(tokenizer: Tokenizer | None, text: str, chat: bool) -> list[int]:
+    """Token ids of a prompt, through the model's chat template when ``chat`` is set."""
+    if not text.strip():
+        raise ConfigError("the prompt is empty; give some text to continue")
+    if tokenizer is None:
+        raise ConfigError("this model has no tokenizer; pass token ids instead of text")
+    if chat:
+        return tokenizer.apply_chat([{"role": "user", "content": text}])
+    return tokenizer.encode(text)
+
+
+def default_drafter(draft: str | Path | None) -> str:
+    return "model" if draft is not None else "ngram"
+
+
+def load(
+    target: str | Path = DEFAULT_TARGET,
+    draft: str | Path | None = None,
+    drafter: str | None = None,
+    policy: str = "heuristic",
+    k: int = 4,
+    backend: str = "auto",
+    draft_backend: str | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+) -> Engine:
+    """An Engine for a target (and optional draft model) given by name or path.
+
+    With the default target and no draft named, the default draft model is used. The
+    drafter defaults to ``model`` when there is a draft model and ``ngram`` otherwise.
+    """
+    if draft is None and str(target) == DEFAULT_TARGET and drafter in (None, "model"):
+        draft = DEFAULT_DRAFT
+    drafter = drafter or default_drafter(draft)
+    drafter_cls = DRAFTERS.get(drafter)
+    policy_obj = POLICIES.get(policy)(k=k)
+    if drafter_cls.needs_draft_model and draft is None:
+        raise ConfigError(f"drafter {drafter!r} needs a draft model: pass --draft NAME_OR_PATH")
+    target_backend = load_backend(target, backend, device, dtype)
+    draft_model = None
+    if drafter_cls.needs_draft_model:
+        draft_model = load_backend(draft, draft_backend or backend, device, dtype)
+    return Engine(target_backend, drafter_cls.create(target_backend, draft_model), policy_obj)

@@ -1,0 +1,91 @@
+"""The Backend protocol: the only way the engine and the drafters touch a model.
+
+The cache discipline is explicit: ``forward`` appends positions, ``rollback(length)``
+drops every position at or past ``length``. The engine keeps the committed prefix and
+rolls back rejected draft positions, so a backend never has to know about speculation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from adaspec.errors import ModelError
+from adaspec.registry import Registry
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    def encode(self, text: str) -> list[int]:
+        """Token ids of raw text, with the special tokens the model expects (e.g. BOS)."""
+        ...
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of ids, special tokens (EOS, chat markers) left out."""
+        ...
+
+    def apply_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        """Token ids of a chat, formatted by the model's own template, ready for a reply."""
+        ...
+
+    def vocabulary(self) -> list[str]:
+        """Token string of each id; two models can share drafts only if these are equal."""
+        ...
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: str  # registry name, e.g. "torch"
+    label: str  # what the user loaded (path or model name), for messages and reports
+    tokenizer: Tokenizer | None  # None for bare models built in tests
+
+    @property
+    def vocab_size(self) -> int:
+        """Width of a logits row."""
+        ...
+
+    @property
+    def context_length(self) -> int: ...
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]: ...
+
+    @property
+    def length(self) -> int:
+        """Positions currently held in the KV cache."""
+        ...
+
+    def reset(self) -> None:
+        """Empty the KV cache (a new request)."""
+        ...
+
+    def prefill(self, tokens: Sequence[int]) -> None:
+        """Append tokens to the cache without returning logits (prompt processing)."""
+        ...
+
+    def forward(self, tokens: Sequence[int]) -> torch.Tensor:
+        """Append tokens to the cache; row i of the result [k, vocab] scores the token
+        that follows tokens[: i + 1]."""
+        ...
+
+    def rollback(self, length: int) -> None:
+        """Keep the first ``length`` cached positions, drop the rest."""
+        ...
+
+
+BACKENDS: Registry[Backend] = Registry("backend")
+
+
+def check_same_vocabulary(target: Backend, draft: Backend) -> None:
+    """Refuse a draft whose token ids mean something else than the target's."""
+    if target.tokenizer is not None and draft.tokenizer is not None:
+        same = target.tokenizer.vocabulary() == draft.tokenizer.vocabulary()
+    else:
+        same = target.vocab_size == draft.vocab_size
+    if not same:
+        raise ModelError(
+            f"draft model {draft.label!r} has a different vocabulary from target "
+            f"{target.label!r}; use a draft from the same model family, or --drafter ngram"
+        )

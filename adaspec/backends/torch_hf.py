@@ -1,0 +1,185 @@
+"""Hugging Face causal LMs in PyTorch, on CPU or CUDA, from a model folder or a GGUF file.
+
+GGUF files are de-quantized by transformers' GGUF loader, which takes about a minute for a
+1.5B model on two cores; the result is saved once as safetensors under the cache directory
+so that every later load is a plain, fast ``from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_model
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel
+from transformers.utils import logging as hf_logging
+
+from adaspec.backends.base import BACKENDS
+from adaspec.errors import ModelError
+from adaspec.models import cache_dir, check_gguf_file
+
+
+class HFTokenizer:
+    """Adapts a transformers tokenizer to the Tokenizer protocol."""
+
+    def __init__(self, tokenizer) -> None:
+        self._tok = tokenizer
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._tok.encode(text, add_special_tokens=True))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=True)
+
+    def apply_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        if not self._tok.chat_template:
+            raise ModelError("this model has no chat template; drop --chat and give raw text")
+        text = self._tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return list(self._tok.encode(text, add_special_tokens=False))
+
+    def vocabulary(self) -> list[str]:
+        by_id = sorted(self._tok.get_vocab().items(), key=lambda item: item[1])
+        return [token for token, _ in by_id]
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return self._tok.eos_token_id
+
+
+@BACKENDS.register("torch")
+class TorchBackend:
+    """One causal LM with a DynamicCache that grows by ``forward`` and shrinks by ``rollback``."""
+
+    name = "torch"
+
+    def __init__(
+        self, model: PreTrainedModel, tokenizer: HFTokenizer | None = None, label: str = "model"
+    ) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.label = label
+        self.device = next(model.parameters()).device
+        self._cache = DynamicCache(config=model.config)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | None = None, dtype: str | None = None):
+        """A backend for a model folder or a ``.gguf`` file (converted once, then cached)."""
+        hf_logging.disable_progress_bar()  # the CLI shows its own status; keep stderr clean
+        hf_logging.set_verbosity_error()
+        path = Path(path)
+        device = device or default_device()
+        torch_dtype = _dtype(dtype, device)
+        folder = converted_gguf_folder(path) if path.suffix == ".gguf" else _check_folder(path)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype).to(device)
+        tokenizer = HFTokenizer(AutoTokenizer.from_pretrained(folder))
+        return cls(model, tokenizer, label=str(path))
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
+    @property
+    def context_length(self) -> int:
+        return int(getattr(self.model.config, "max_position_embeddings", 2048))
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        ids = self.model.generation_config.eos_token_id
+        ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+        if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
+            ids.append(self.tokenizer.eos_token_id)
+        return frozenset(ids)
+
+    @property
+    def length(self) -> int:
+        return self._cache.get_seq_length()
+
+    def reset(self) -> None:
+        self._cache = DynamicCache(config=self.model.config)
+
+    @torch.inference_mode()
+    def prefill(self, tokens: Sequence[int]) -> None:
+        if tokens:
+            self._run(tokens, logits_to_keep=1)
+
+    @torch.inference_mode()
+    def forward(self, tokens: Sequence[int]) -> torch.Tensor:
+        return self._run(tokens, logits_to_keep=0)[0]  # [k, vocab]
+
+    def rollback(self, length: int) -> None:
+        if length < self.length:
+            self._cache.crop(length - self.length)  # transformers 5: negative = drop that many
+
+    def _run(self, tokens: Sequence[int], logits_to_keep: int) -> torch.Tensor:
+        ids = torch.tensor([list(tokens)], dtype=torch.long, device=self.device)  # [1, k]
+        out = self.model(
+            input_ids=ids,
+            past_key_values=self._cache,
+            use_cache=True,
+            logits_to_keep=logits_to_keep,
+        )
+        return out.logits  # [1, k or 1, vocab]
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _dtype(name: str | None, device: str) -> torch.dtype:
+    """fp32 on CPU (verifying several tokens is faster than in bf16 there), bf16 on GPU."""
+    if name is None:
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+            name
+        ]
+    except KeyError:
+        raise ModelError(f"unknown dtype {name!r}; use float32, bfloat16 or float16") from None
+
+
+def _check_folder(path: Path) -> Path:
+    if not (path / "config.json").is_file():
+        raise ModelError(
+            f"{path} is neither a .gguf file nor a Hugging Face model folder (no config.json)"
+        )
+    return path
+
+
+def converted_gguf_folder(gguf: Path) -> Path:
+    """The safetensors copy of a GGUF model, made on first use (fp32, lossless)."""
+    check_gguf_file(gguf)
+    folder = cache_dir() / "converted" / f"{gguf.stem}-{_fingerprint(gguf)}"
+    if (folder / "config.json").is_file():
+        return folder
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    )
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    partial = folder.with_name(folder.name + ".partial")
+    _save_dequantized(model, partial)
+    tokenizer.save_pretrained(partial)
+    partial.rename(folder)
+    return folder
+
+
+def _save_dequantized(model: PreTrainedModel, folder: Path) -> None:
+    """save_pretrained refuses GGUF-loaded models; their weights are plain fp32 tensors by
+    now, so write them directly and drop the GGUF marker from the config."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config.save_pretrained(folder)
+    model.generation_config.save_pretrained(folder)
+    save_model(model, str(folder / "model.safetensors"))
+
+
+def _fingerprint(path: Path, chunk: int = 1 << 22) -> str:
+    """Content key without hashing a whole GB: size plus the first and last 4 MiB."""
+    digest = hashlib.sha256(str(path.stat().st_size).encode())
+    with path.open("rb") as f:
+        digest.update(f.read(chunk))
+        f.seek(max(0, path.stat().st_size - chunk))
+        digest.update(f.read(chunk))
+    return digest.hexdigest()[:16]

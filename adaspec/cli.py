@@ -1,0 +1,139 @@
+"""The ``adaspec`` command line. User mistakes become one line on stderr and exit code 1."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from adaspec import models
+from adaspec.api import encode_prompt, load
+from adaspec.config import GenerationConfig, SamplingParams
+from adaspec.errors import AdaspecError
+
+app = typer.Typer(
+    help="Adaptive, lossless speculative decoding: faster generation, identical output.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+models_app = typer.Typer(help="Pull and list the named models.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+err = Console(stderr=True)
+F = TypeVar("F", bound=Callable)
+
+
+def user_errors(command: F) -> F:
+    """Turn an AdaspecError into one line on stderr and exit 1; bugs still show a traceback."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except AdaspecError as e:
+            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return run  # type: ignore[return-value]
+
+
+@app.command()
+@user_errors
+def generate(
+    prompt: Annotated[str, typer.Argument(help="The prompt text ('-' reads stdin).")],
+    target: Annotated[str, typer.Option(help="Target model: name, .gguf file or HF folder.")] = (
+        models.DEFAULT_TARGET
+    ),
+    draft: Annotated[
+        str | None,
+        typer.Option(help="Draft model (default: qwen2.5-coder-0.5b for the default target)."),
+    ] = None,
+    backend: Annotated[str, typer.Option(help="auto | torch")] = "auto",
+    drafter: Annotated[
+        str | None,
+        typer.Option(help="none | model | ngram (default: model with a draft model, else ngram)."),
+    ] = None,
+    policy: Annotated[str, typer.Option(help="fixed | heuristic | confidence")] = "heuristic",
+    k: Annotated[
+        int, typer.Option("--k", help="Draft length (initial for heuristic, max for confidence).")
+    ] = 4,
+    max_new_tokens: Annotated[int, typer.Option(help="Most tokens to generate.")] = 256,
+    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
+    top_k: Annotated[int, typer.Option(help="0 = off.")] = 0,
+    top_p: Annotated[float, typer.Option(help="1.0 = off.")] = 1.0,
+    seed: Annotated[int | None, typer.Option(help="Seed for sampling.")] = None,
+    chat: Annotated[
+        bool, typer.Option("--chat", help="Wrap the prompt in the chat template.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead.")] = False,
+    device: Annotated[
+        str | None, typer.Option(help="torch device (default: cuda if present).")
+    ] = None,
+    dtype: Annotated[str | None, typer.Option(help="float32 | bfloat16 | float16.")] = None,
+) -> None:
+    """Generate text from a prompt, streaming it, then print one line of statistics."""
+    text = sys.stdin.read() if prompt == "-" else prompt
+    sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)
+    config = GenerationConfig(max_new_tokens=max_new_tokens, sampling=sampling, seed=seed)
+    with err.status(f"loading {target}" + (f" and {draft}" if draft else "")):
+        engine = load(target, draft, drafter, policy, k, backend, device=device, dtype=dtype)
+    ids = encode_prompt(engine.target.tokenizer, text, chat)
+    if as_json:
+        typer.echo(json.dumps(engine.generate(ids, config).to_dict()))
+        return
+    _stream(engine, ids, config)
+
+
+def _stream(engine, ids: list[int], config: GenerationConfig) -> None:
+    from adaspec.textstream import TextStream
+
+    generation = engine.stream(ids, config)
+    text = TextStream(engine.target.tokenizer)
+    for new in generation:
+        sys.stdout.write(text.push(new))
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    s = generation.stats.summary()
+    err.print(
+        f"[dim]{s['new_tokens']} tokens in {s['wall_s']:.2f} s ({s['tokens_per_s']:.2f} tok/s) · "
+        f"mean accepted {s['mean_accepted']:.2f} · acceptance {s['acceptance_rate']:.0%} · "
+        f"{s['target_forwards']} target forwards · draft {s['draft_s']:.2f} s · "
+        f"verify {s['verify_s']:.2f} s · {generation.finish_reason}[/]",
+        highlight=False,
+    )
+
+
+@models_app.command("pull")
+@user_errors
+def models_pull(
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Models to pull (default: all).")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Download again even if present.")] = False,
+) -> None:
+    """Fetch, join and verify the default model pair into the cache directory."""
+    for name in names or list(models.NAMED_MODELS):
+        if name not in models.NAMED_MODELS:
+            raise AdaspecError(f"unknown model {name!r}; known: {', '.join(models.NAMED_MODELS)}")
+        models.pull(models.NAMED_MODELS[name], force=force, say=err.print)
+
+
+@models_app.command("list")
+@user_errors
+def models_list() -> None:
+    """Show the named models and whether they are pulled."""
+    table = Table("name", "role", "size (MB)", "status", "path")
+    for spec, path in models.pulled_models():
+        status = "pulled" if path else "not pulled"
+        table.add_row(spec.name, spec.role, f"{spec.size / 1e6:.0f}", status, str(path or "-"))
+    Console().print(table)
+    err.print(f"cache directory: {models.cache_dir()}")
+
+
+if __name__ == "__main__":
+    app()

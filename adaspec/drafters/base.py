@@ -1,0 +1,48 @@
+"""The Drafter protocol: propose tokens for the target to check.
+
+Like Hugging Face's CandidateGenerator a drafter has two jobs, proposing and learning from
+the outcome, but the draft length is not its business: it fills the Budget a Policy gives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar, Protocol, runtime_checkable
+
+import torch
+
+from adaspec.backends.base import Backend
+from adaspec.policies.base import Budget
+from adaspec.registry import Registry
+from adaspec.state import DecodeState
+from adaspec.stats import StepOutcome
+
+
+@dataclass(frozen=True)
+class Draft:
+    tokens: list[int] = field(default_factory=list)  # [k]
+    probs: torch.Tensor | None = None  # [k, vocab] q rows tokens were drawn from; None = one-hot
+    confidences: list[float] = field(default_factory=list)  # [k] drafter's P(accepted) estimate
+
+
+@runtime_checkable
+class Drafter(Protocol):
+    needs_draft_model: ClassVar[bool]
+
+    @classmethod
+    def create(cls, target: Backend, draft: Backend | None) -> Drafter:
+        """Build for this target; raise a ModelError if the pair cannot work."""
+        ...
+
+    def start(self, state: DecodeState) -> None:
+        """A new request begins (the prompt is ``state.tokens``)."""
+        ...
+
+    def propose(self, state: DecodeState, budget: Budget) -> Draft:
+        """At most ``budget.max_tokens`` tokens to follow ``state.tokens``."""
+        ...
+
+    def observe(self, outcome: StepOutcome) -> None: ...
+
+
+DRAFTERS: Registry[Drafter] = Registry("drafter")

@@ -1,0 +1,105 @@
+"""A small draft language model with the target's vocabulary, drafting one token per pass.
+
+Its KV cache is kept in step with the committed text lazily: before drafting, positions the
+target rejected are rolled back and the tokens the draft has not seen yet (the accepted
+tail, the target's recovered or bonus token) are fed in one pass, which also yields the
+distribution of the first draft token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+import torch
+
+from adaspec.backends.base import Backend, check_same_vocabulary
+from adaspec.drafters.base import DRAFTERS, Draft
+from adaspec.errors import ModelError
+from adaspec.policies.base import Budget
+from adaspec.sampling import probabilities, sample
+from adaspec.state import DecodeState
+from adaspec.stats import StepOutcome
+
+
+@DRAFTERS.register("model")
+class ModelDrafter:
+    needs_draft_model: ClassVar[bool] = True
+
+    def __init__(self, backend: Backend, vocab_size: int) -> None:
+        self.backend = backend
+        self.vocab_size = vocab_size  # the target's logits width; q rows must match it
+        self._fed: list[int] = []  # token ids held in the draft backend's cache
+
+    @classmethod
+    def create(cls, target: Backend, draft: Backend | None) -> ModelDrafter:
+        if draft is None:
+            raise ModelError("drafter 'model' needs a draft model: pass --draft NAME_OR_PATH")
+        check_same_vocabulary(target, draft)
+        return cls(draft, target.vocab_size)
+
+    def start(self, state: DecodeState) -> None:
+        self.backend.reset()
+        self.backend.prefill(state.tokens[:-1])
+        self._fed = list(state.tokens[:-1])
+
+    def propose(self, state: DecodeState, budget: Budget) -> Draft:
+        if budget.max_tokens == 0:
+            return Draft()
+        logits = self._catch_up(state.tokens)  # [vocab]
+        tokens: list[int] = []
+        rows: list[torch.Tensor] = []
+        confidences: list[float] = []
+        while True:
+            q = probabilities(logits[None], state.sampling)[0]  # [vocab], warped like p
+            confidence = _confidence(logits, q, state)
+            if confidence < budget.min_confidence:
+                break
+            token = int(q.argmax()) if state.sampling.greedy else sample(q, state.generator)
+            tokens.append(token)
+            rows.append(q)
+            confidences.append(confidence)
+            if len(tokens) == budget.max_tokens:
+                break
+            logits = self._feed([token])
+        probs = torch.stack(rows) if rows and not state.sampling.greedy else None  # [k, vocab]
+        return Draft(tokens, probs, confidences)
+
+    def observe(self, outcome: StepOutcome) -> None:
+        pass  # the cache is re-synchronised from the committed tokens in propose()
+
+    def _catch_up(self, tokens: Sequence[int]) -> torch.Tensor:
+        """Roll back to the longest prefix shared with ``tokens`` and feed the rest."""
+        shared = _common_prefix(self._fed, tokens)
+        shared = min(shared, len(tokens) - 1)  # feed at least one token to get logits
+        self.backend.rollback(shared)
+        del self._fed[shared:]
+        return self._feed(tokens[shared:])
+
+    def _feed(self, tokens: Sequence[int]) -> torch.Tensor:
+        self._fed.extend(tokens)
+        return _fit_width(self.backend.forward(tokens)[-1], self.vocab_size)
+
+
+def _confidence(logits: torch.Tensor, q: torch.Tensor, state: DecodeState) -> float:
+    """Top probability of the draft: of q when sampling, of the plain softmax when greedy
+    (a greedy q is one-hot and would always claim certainty)."""
+    top = torch.softmax(logits.float(), -1).max() if state.sampling.greedy else q.max()
+    return float(top)
+
+
+def _fit_width(row: torch.Tensor, width: int) -> torch.Tensor:
+    """Draft logits on the target's vocabulary width (ids past a tokenizer are padding)."""
+    if row.shape[-1] == width:
+        return row
+    if row.shape[-1] > width:
+        return row[:width]
+    return torch.nn.functional.pad(row, (0, width - row.shape[-1]), value=float("-inf"))
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i

@@ -1,0 +1,74 @@
+"""Prompt lookup (n-gram) drafting: copy what followed the last time the text's tail was seen.
+
+Model-free and nearly free to run, it pays off wherever output repeats its input: code
+edits, summaries, retrieval answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from adaspec.backends.base import Backend
+from adaspec.drafters.base import DRAFTERS, Draft
+from adaspec.policies.base import Budget
+from adaspec.state import DecodeState
+from adaspec.stats import StepOutcome
+
+
+def prompt_lookup(
+    tokens: Sequence[int], k: int, max_ngram: int = 3, min_ngram: int = 1
+) -> list[int]:
+    """Up to k tokens continuing ``tokens``, by the longest suffix n-gram (max_ngram down to
+    min_ngram) that occurred earlier; the most recent earlier occurrence wins.
+
+    Invariant: a match at start s has s + n <= len(tokens) - 1, so at least one real
+    continuation token exists. The continuation is copied LZ77-style (it may run into the
+    text it is producing), so a repeating pattern yields a full k tokens.
+    """
+    if k <= 0:
+        return []
+    seq = np.asarray(tokens, dtype=np.int64)
+    for n in range(max_ngram, min_ngram - 1, -1):
+        if len(seq) <= n:
+            continue
+        windows = sliding_window_view(seq[:-1], n)  # [len - n, n]: starts 0 .. len-1-n
+        hits = np.flatnonzero((windows == seq[-n:]).all(axis=1))
+        if hits.size:
+            return _copy(seq.tolist(), int(hits[-1]) + n, k)
+    return []
+
+
+def _copy(seq: list[int], source: int, k: int) -> list[int]:
+    out: list[int] = []
+    for i in range(k):
+        token = seq[source + i]
+        seq.append(token)
+        out.append(token)
+    return out
+
+
+@DRAFTERS.register("ngram")
+class NgramDrafter:
+    needs_draft_model: ClassVar[bool] = False
+
+    def __init__(self, max_ngram: int = 3, min_ngram: int = 1) -> None:
+        self.max_ngram = max_ngram
+        self.min_ngram = min_ngram
+
+    @classmethod
+    def create(cls, target: Backend, draft: Backend | None) -> NgramDrafter:
+        return cls()
+
+    def start(self, state: DecodeState) -> None:
+        pass
+
+    def propose(self, state: DecodeState, budget: Budget) -> Draft:
+        tokens = prompt_lookup(state.tokens, budget.max_tokens, self.max_ngram, self.min_ngram)
+        return Draft(tokens, None, [1.0] * len(tokens))
+
+    def observe(self, outcome: StepOutcome) -> None:
+        pass

@@ -1,0 +1,30 @@
+"""No draft: every step is one plain autoregressive target pass through the same engine,
+the baseline every speedup is measured against."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from adaspec.backends.base import Backend
+from adaspec.drafters.base import DRAFTERS, Draft
+from adaspec.policies.base import Budget
+from adaspec.state import DecodeState
+from adaspec.stats import StepOutcome
+
+
+@DRAFTERS.register("none")
+class NoDrafter:
+    needs_draft_model: ClassVar[bool] = False
+
+    @classmethod
+    def create(cls, target: Backend, draft: Backend | None) -> NoDrafter:
+        return cls()
+
+    def start(self, state: DecodeState) -> None:
+        pass
+
+    def propose(self, state: DecodeState, budget: Budget) -> Draft:
+        return Draft()
+
+    def observe(self, outcome: StepOutcome) -> None:
+        pass

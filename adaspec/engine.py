@@ -1,0 +1,147 @@
+"""The decode loop: prefill, then (policy -> drafter -> target forward -> verify -> commit)*.
+
+``Engine.stream()`` is the only implementation of the loop; ``generate()`` drains it, so the
+streaming and non-streaming paths cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from time import perf_counter
+
+import torch
+
+from adaspec.backends.base import Backend
+from adaspec.config import GenerationConfig
+from adaspec.drafters.base import Draft, Drafter
+from adaspec.errors import ConfigError
+from adaspec.policies.base import Policy
+from adaspec.state import DecodeState
+from adaspec.stats import GenerationStats, StepOutcome
+from adaspec.verify import verify
+
+
+@dataclass
+class GenerationResult:
+    token_ids: list[int]  # generated ids only, EOS included when it ended the text
+    text: str
+    finish_reason: str  # "stop" (EOS) or "length" (max_new_tokens)
+    stats: GenerationStats = field(default_factory=GenerationStats)
+
+    def to_dict(self) -> dict:
+        return {
+            "text": self.text,
+            "token_ids": self.token_ids,
+            "finish_reason": self.finish_reason,
+            "stats": self.stats.summary(),
+        }
+
+
+class Generation:
+    """One request in flight. Iterating runs the loop and yields each step's new token ids;
+    ``token_ids``, ``finish_reason`` and ``stats`` fill in as it goes."""
+
+    def __init__(self, engine: Engine, prompt: Sequence[int], config: GenerationConfig) -> None:
+        engine.check_request(prompt, config)
+        self.engine = engine
+        self.prompt = list(prompt)
+        self.config = config
+        self.token_ids: list[int] = []
+        self.finish_reason = "length"
+        self.stats = GenerationStats(prompt_tokens=len(self.prompt))
+
+    def __iter__(self) -> Iterator[list[int]]:
+        started = perf_counter()
+        try:
+            yield from self._run()
+        finally:
+            self.stats.wall_s = perf_counter() - started
+
+    def _run(self) -> Iterator[list[int]]:
+        engine, config = self.engine, self.config
+        state = DecodeState(list(self.prompt), len(self.prompt), config.sampling, _rng(config.seed))
+        started = perf_counter()
+        engine.start(state)
+        self.stats.prefill_s = perf_counter() - started
+        while state.generated < config.max_new_tokens:
+            new, outcome = engine.step(state, config)
+            self.stats.record(outcome)
+            self.token_ids.extend(new)
+            yield new
+            if config.stop_at_eos and new[-1] in engine.target.eos_token_ids:
+                self.finish_reason = "stop"
+                return
+
+    def result(self) -> GenerationResult:
+        for _ in self:
+            pass
+        tokenizer = self.engine.target.tokenizer
+        text = tokenizer.decode(self.token_ids) if tokenizer is not None else ""
+        return GenerationResult(self.token_ids, text, self.finish_reason, self.stats)
+
+
+class Engine:
+    """A target backend, a drafter and a policy; serves one request at a time."""
+
+    def __init__(self, target: Backend, drafter: Drafter, policy: Policy) -> None:
+        self.target = target
+        self.drafter = drafter
+        self.policy = policy
+
+    def stream(self, prompt: Sequence[int], config: GenerationConfig) -> Generation:
+        return Generation(self, prompt, config)
+
+    def generate(self, prompt: Sequence[int], config: GenerationConfig) -> GenerationResult:
+        return self.stream(prompt, config).result()
+
+    def check_request(self, prompt: Sequence[int], config: GenerationConfig) -> None:
+        if not prompt:
+            raise ConfigError("the prompt is empty; give some text to continue")
+        context = self.target.context_length
+        if len(prompt) + config.max_new_tokens > context:
+            raise ConfigError(
+                f"prompt ({len(prompt)} tokens) plus max-new-tokens ({config.max_new_tokens}) "
+                f"exceeds the model's context of {context} tokens; "
+                "shorten the prompt or lower --max-new-tokens"
+            )
+
+    def start(self, state: DecodeState) -> None:
+        """Prefill everything but the last prompt token, which the first step feeds."""
+        self.target.reset()
+        self.target.prefill(state.tokens[:-1])
+        self.drafter.start(state)
+        self.policy.start(state)
+
+    def step(self, state: DecodeState, config: GenerationConfig) -> tuple[list[int], StepOutcome]:
+        """One target pass: draft, verify, commit; returns the tokens it adds."""
+        room = config.max_new_tokens - state.generated - 1  # the step adds one token itself
+        budget = self.policy.budget(state).capped(room)
+        t0 = perf_counter()
+        draft = self.drafter.propose(state, budget) if budget.max_tokens else Draft()
+        t1 = perf_counter()
+        logits = self.target.forward([state.tokens[-1], *draft.tokens])  # [k + 1, vocab]
+        verdict = verify(logits, draft.tokens, draft.probs, state.sampling, state.generator)
+        self.target.rollback(len(state.tokens) + verdict.n_accepted)  # keep fed + accepted
+        t2 = perf_counter()
+        new = _cut_after_eos(verdict.tokens, self.target.eos_token_ids, config.stop_at_eos)
+        state.tokens.extend(new)
+        outcome = StepOutcome(len(draft.tokens), verdict.n_accepted, len(new), t1 - t0, t2 - t1)
+        self.policy.observe(outcome)
+        self.drafter.observe(outcome)
+        return new, outcome
+
+
+def _cut_after_eos(tokens: list[int], eos: frozenset[int], stop_at_eos: bool) -> list[int]:
+    if stop_at_eos:
+        for i, token in enumerate(tokens):
+            if token in eos:
+                return tokens[: i + 1]
+    return tokens
+
+
+def _rng(seed: int | None) -> torch.Generator:
+    generator = torch.Generator()
+    generator.manual_seed(seed if seed is not None else random.randrange(2**63))
+    return generator

@@ -1,0 +1,27 @@
+"""The per-request decoding state that the engine shares with drafters and policies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from adaspec.config import SamplingParams
+
+
+@dataclass
+class DecodeState:
+    """Committed tokens of one request.
+
+    Invariant kept by the engine: the target's KV cache holds ``tokens[:-1]``; the last
+    committed token is fed to the target together with the next draft.
+    """
+
+    tokens: list[int]  # prompt ids, then generated ids
+    prompt_len: int
+    sampling: SamplingParams
+    generator: torch.Generator  # the one RNG of the request: draft sampling and verification
+
+    @property
+    def generated(self) -> int:
+        return len(self.tokens) - self.prompt_len

@@ -1,0 +1,32 @@
+"""Session fixtures: tokenizers and model folders built from the tiny models in tiny.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from transformers import PreTrainedTokenizerFast
+
+from tests.tiny import make_tokenizer, save_model_dir
+
+
+@pytest.fixture(scope="session")
+def tokenizer() -> PreTrainedTokenizerFast:
+    return make_tokenizer(vocab_size=300)
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory, tokenizer) -> Path:
+    return save_model_dir(tmp_path_factory.mktemp("tiny-target"), tokenizer)
+
+
+@pytest.fixture(scope="session")
+def draft_dir(tmp_path_factory, tokenizer) -> Path:
+    return save_model_dir(tmp_path_factory.mktemp("tiny-draft"), tokenizer, seed=3)
+
+
+@pytest.fixture(scope="session")
+def foreign_dir(tmp_path_factory) -> Path:
+    """A model whose tokenizer differs from the target's: an invalid draft."""
+    other = make_tokenizer(vocab_size=280, corpus=["completely different words here"] * 50)
+    return save_model_dir(tmp_path_factory.mktemp("tiny-foreign"), other, seed=5)

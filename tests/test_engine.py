@@ -1,0 +1,161 @@
+"""The engine end to end on tiny random models: losslessness, greedy and sampled."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from adaspec.config import GenerationConfig, SamplingParams
+from adaspec.drafters.model import ModelDrafter
+from adaspec.drafters.none import NoDrafter
+from adaspec.engine import Engine
+from adaspec.errors import ConfigError
+from adaspec.policies.fixed import FixedPolicy
+from tests.tiny import DRAFTERS, POLICIES, ar_tokens, backend, tiny_model
+
+PROMPTS = [[5], [3, 17, 42, 8], [9, 9, 9, 9, 9, 9], [11, 2, 30, 4, 50, 6, 70, 8, 90, 1, 2, 3]]
+LENGTHS = [1, 2, 9, 40]
+
+
+@pytest.fixture(scope="module")
+def target():
+    return backend(tiny_model(seed=0))
+
+
+@pytest.fixture(scope="module")
+def expected(target):
+    return {(i, n): ar_tokens(target, p, n) for i, p in enumerate(PROMPTS) for n in LENGTHS}
+
+
+@pytest.mark.parametrize("policy", list(POLICIES))
+@pytest.mark.parametrize("drafter", list(DRAFTERS))
+def test_greedy_equals_autoregressive(target, expected, drafter, policy):
+    engine = Engine(target, DRAFTERS[drafter](target), POLICIES[policy]())
+    accepted = 0
+    for (i, n), want in expected.items():
+        result = engine.generate(PROMPTS[i], GenerationConfig(max_new_tokens=n))
+        assert result.token_ids == want, f"prompt {i}, {n} tokens"
+        assert result.stats.new_tokens == len(want)
+        accepted += result.stats.summary()["accepted"]
+    if drafter == "model-self" and not policy.startswith("confidence"):
+        assert accepted > 0  # a draft identical to the target must be accepted
+
+
+def test_self_draft_is_fully_accepted(target):
+    engine = Engine(target, DRAFTERS["model-self"](target), FixedPolicy(4))
+    stats = engine.generate(PROMPTS[1], GenerationConfig(max_new_tokens=40)).stats.summary()
+    assert stats["acceptance_rate"] == 1.0
+    assert stats["mean_accepted"] == 5.0  # 4 drafted + 1 bonus per target pass
+
+
+def test_autoregressive_mean_accepted_is_one(target):
+    engine = Engine(target, NoDrafter(), FixedPolicy(4))
+    stats = engine.generate(PROMPTS[0], GenerationConfig(max_new_tokens=12)).stats.summary()
+    assert stats["mean_accepted"] == 1.0
+    assert stats["target_forwards"] == 12 and stats["drafted"] == 0
+
+
+@pytest.mark.parametrize("drafter", ["ngram", "model-self", "model-close"])
+def test_greedy_stops_at_eos_like_autoregressive(drafter):
+    plain = tiny_model(seed=0)
+    free = ar_tokens(backend(plain), PROMPTS[3], 30)
+    eos = free[10]  # a token the target emits mid-way, mid-draft for the spec runs
+    target = backend(tiny_model(seed=0, eos=eos))
+    want = ar_tokens(target, PROMPTS[3], 30)
+    assert want[-1] == eos and len(want) <= 11
+    engine = Engine(target, DRAFTERS[drafter](target), FixedPolicy(6))
+    result = engine.generate(PROMPTS[3], GenerationConfig(max_new_tokens=30))
+    assert result.token_ids == want
+    assert result.finish_reason == "stop"
+
+
+def test_stream_yields_what_generate_returns(target):
+    engine = Engine(target, DRAFTERS["model-close"](target), FixedPolicy(3))
+    config = GenerationConfig(max_new_tokens=25)
+    chunks = list(engine.stream(PROMPTS[1], config))
+    assert [t for chunk in chunks for t in chunk] == engine.generate(PROMPTS[1], config).token_ids
+    assert all(chunks)
+
+
+def test_empty_prompt_and_context_overflow(target):
+    engine = Engine(target, NoDrafter(), FixedPolicy(1))
+    with pytest.raises(ConfigError, match="empty"):
+        engine.generate([], GenerationConfig(max_new_tokens=4))
+    with pytest.raises(ConfigError, match="context"):
+        engine.generate([1] * 200, GenerationConfig(max_new_tokens=100))
+
+
+def joint_first_two(logits_fn, vocab: int) -> torch.Tensor:
+    """Exact target distribution of the first two generated tokens: [vocab, vocab]."""
+    p1 = torch.softmax(logits_fn([]), -1)
+    return torch.stack([p1[a] * torch.softmax(logits_fn([a]), -1) for a in range(vocab)])
+
+
+def chi_square_p_value(counts: torch.Tensor, probs: torch.Tensor) -> float:
+    """Pearson's test, cells with expected count < 5 pooled into one."""
+    expected = probs.flatten() * counts.sum()
+    counts = counts.flatten().double()
+    small = expected < 5
+    obs = torch.cat([counts[~small], counts[small].sum().reshape(1)])
+    exp = torch.cat([expected[~small], expected[small].sum().reshape(1)])
+    stat = float(((obs - exp) ** 2 / exp.clamp_min(1e-12)).sum())
+    dof = len(obs) - 1
+    return float(torch.special.gammaincc(torch.tensor(dof / 2), torch.tensor(stat / 2)))
+
+
+def sampled_joint(engine: Engine, prompt: list[int], vocab: int, n: int) -> torch.Tensor:
+    counts = torch.zeros(vocab, vocab)
+    params = SamplingParams(temperature=1.0)
+    for seed in range(n):
+        ids = engine.generate(prompt, GenerationConfig(3, params, seed=seed)).token_ids
+        counts[ids[0], ids[1]] += 1
+    return counts
+
+
+@pytest.fixture(scope="module")
+def sharp_pair():
+    """Vocabulary 8; the draft is a different random model, made overconfident."""
+    target = tiny_model(seed=11, vocab=8, hidden=16, layers=1, init=0.15)
+    draft = tiny_model(seed=12, vocab=8, hidden=16, layers=1, init=0.6)
+    return backend(target), backend(draft)
+
+
+def test_speculative_sampling_matches_target_distribution(sharp_pair):
+    target, draft = sharp_pair
+    prompt = [1, 4, 2]
+
+    def logits(extra: list[int]) -> torch.Tensor:
+        with torch.no_grad():
+            return target.model(torch.tensor([prompt + extra])).logits[0, -1].double()
+
+    exact = joint_first_two(logits, 8)
+    with torch.no_grad():
+        q1 = torch.softmax(draft.model(torch.tensor([prompt])).logits[0, -1].double(), -1)
+    assert 0.5 * float((q1 - exact.sum(1)).abs().sum()) > 0.3  # the draft disagrees strongly
+    engine = Engine(target, ModelDrafter(draft, 8), FixedPolicy(2))
+    counts = sampled_joint(engine, prompt, 8, n=1500)
+    assert chi_square_p_value(counts, exact) > 1e-3
+
+
+def test_distribution_test_catches_a_lossy_rule(sharp_pair, monkeypatch):
+    """The same test fails when every draft token is kept (output ~ draft, not target)."""
+    import adaspec.engine as engine_module
+    from adaspec.verify import Verdict
+
+    def keep_everything(logits, tokens, probs, params, generator):
+        bonus = int(
+            torch.multinomial(torch.softmax(logits[-1].float(), -1), 1, generator=generator)
+        )
+        return Verdict([*tokens, bonus], len(tokens))
+
+    target, draft = sharp_pair
+    prompt = [1, 4, 2]
+
+    def logits(extra: list[int]) -> torch.Tensor:
+        with torch.no_grad():
+            return target.model(torch.tensor([prompt + extra])).logits[0, -1].double()
+
+    monkeypatch.setattr(engine_module, "verify", keep_everything)
+    engine = Engine(target, ModelDrafter(draft, 8), FixedPolicy(2))
+    counts = sampled_joint(engine, prompt, 8, n=300)
+    assert chi_square_p_value(counts, joint_first_two(logits, 8)) < 1e-6

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from adaspec.config import SamplingParams
+from adaspec.errors import ConfigError
+from adaspec.policies import POLICIES
+from adaspec.policies.base import Budget
+from adaspec.policies.confidence import ConfidencePolicy
+from adaspec.policies.fixed import FixedPolicy
+from adaspec.policies.heuristic import HeuristicPolicy
+from adaspec.state import DecodeState
+from adaspec.stats import StepOutcome
+
+STATE = DecodeState([1, 2, 3], 3, SamplingParams(), torch.Generator())
+
+
+def outcome(drafted: int, accepted: int) -> StepOutcome:
+    return StepOutcome(drafted, accepted, accepted + 1, 0.0, 0.0)
+
+
+def test_fixed():
+    policy = FixedPolicy(5)
+    policy.observe(outcome(5, 0))
+    assert policy.budget(STATE) == Budget(5)
+
+
+def test_heuristic_schedule_matches_hugging_face():
+    policy = HeuristicPolicy(3)
+    policy.start(STATE)
+    trace = []
+    for drafted_all in [True, True, False, False, False, False, False]:
+        k = policy.budget(STATE).max_tokens
+        policy.observe(outcome(k, k if drafted_all else 0))
+        trace.append(policy.budget(STATE).max_tokens)
+    assert trace == [5, 7, 6, 5, 4, 3, 2]
+    for _ in range(5):
+        policy.observe(outcome(2, 0))
+    assert policy.budget(STATE).max_tokens == 1  # floor 1
+    policy.start(STATE)
+    assert policy.budget(STATE).max_tokens == 3  # a new request starts afresh
+
+
+def test_confidence_budget():
+    assert ConfidencePolicy(8).budget(STATE) == Budget(8, min_confidence=0.4)
+
+
+def test_budget_capped():
+    assert Budget(6, 0.4).capped(2) == Budget(2, 0.4)
+    assert Budget(6).capped(-1).max_tokens == 0
+
+
+@pytest.mark.parametrize("name", ["fixed", "heuristic", "confidence"])
+def test_k_below_one_is_refused(name):
+    with pytest.raises(ConfigError, match="k"):
+        POLICIES.get(name)(k=0)
+
+
+def test_unknown_policy_lists_choices():
+    with pytest.raises(ConfigError, match="fixed"):
+        POLICIES.get("magic")

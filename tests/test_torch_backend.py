@@ -1,0 +1,43 @@
+"""KV-cache rollback: after any accept/reject history the cache equals a fresh prefill."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from tests.tiny import backend, tiny_model
+
+
+def cache_tensors(b) -> list[torch.Tensor]:
+    return [t for layer in b._cache.layers for t in (layer.keys, layer.values)]
+
+
+def test_rollback_matches_fresh_prefill():
+    rng = random.Random(0)
+    b = backend(tiny_model(seed=0))
+    committed = [rng.randrange(96) for _ in range(5)]
+    b.prefill(committed)
+    for _ in range(25):
+        draft = [rng.randrange(96) for _ in range(rng.randint(1, 6))]
+        b.forward(draft)  # provisional positions
+        keep = rng.randint(0, len(draft))  # how many the "target" accepted
+        committed += draft[:keep]
+        b.rollback(len(committed))
+        assert b.length == len(committed)
+    fresh = backend(b.model)
+    fresh.prefill(committed)
+    for got, want in zip(cache_tensors(b), cache_tensors(fresh), strict=True):
+        assert got.shape == want.shape
+        assert torch.allclose(got, want, atol=1e-10)
+    probe = [rng.randrange(96) for _ in range(3)]
+    assert torch.allclose(b.forward(probe), fresh.forward(probe), atol=1e-10)
+
+
+def test_forward_rows_score_each_prefix():
+    b = backend(tiny_model(seed=2))
+    tokens = [3, 1, 4, 1, 5]
+    rows = b.forward(tokens)
+    assert rows.shape == (5, 96)
+    full = b.model(torch.tensor([tokens])).logits[0]
+    assert torch.allclose(rows, full, atol=1e-10)
