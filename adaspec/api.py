@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from adaspec.backends import (
@@ -16,21 +17,32 @@ from adaspec.errors import ConfigError
 from adaspec.models import DEFAULT_DRAFT, DEFAULT_TARGET, resolve_model
 from adaspec.policies import POLICIES
 
+# Registers the llama.cpp backend; without llama-cpp-python GGUF files go through torch.
+with contextlib.suppress(ImportError):
+    from adaspec.backends import llama_cpp  # noqa: F401
+
 
 def choose_backend(path: Path, requested: str) -> str:
-    """``auto`` picks the torch backend for now; the llama.cpp issue adds GGUF routing."""
-    if requested == "auto":
-        return "torch"
-    BACKENDS.get(requested)  # raises a ConfigError listing the valid names
-    return requested
+    """``auto``: llama.cpp for GGUF files (named models are GGUF), torch for HF folders."""
+    if requested != "auto":
+        BACKENDS.get(requested)  # raises a ConfigError listing the valid names
+        return requested
+    if path.suffix == ".gguf" and "llama.cpp" in BACKENDS.names():
+        return "llama.cpp"
+    return "torch"
 
 
 def load_backend(
-    model: str | Path, backend: str = "auto", device: str | None = None, dtype: str | None = None
+    model: str | Path,
+    backend: str = "auto",
+    device: str | None = None,
+    dtype: str | None = None,
+    threads: int | None = None,
 ) -> Backend:
     """A backend for a named model, a ``.gguf`` file or a Hugging Face model folder."""
     path = resolve_model(model)
-    return BACKENDS.get(choose_backend(path, backend)).load(path, device=device, dtype=dtype)
+    backend_cls = BACKENDS.get(choose_backend(path, backend))
+    return backend_cls.load(path, device=device, dtype=dtype, threads=threads)
 
 
 def encode_prompt(tokenizer: Tokenizer | None, text: str, chat: bool) -> list[int]:
@@ -58,6 +70,7 @@ def load(
     draft_backend: str | None = None,
     device: str | None = None,
     dtype: str | None = None,
+    threads: int | None = None,
 ) -> Engine:
     """An Engine for a target (and optional draft model) given by name or path.
 
@@ -71,8 +84,8 @@ def load(
     policy_obj = POLICIES.get(policy)(k=k)
     if drafter_cls.needs_draft_model and draft is None:
         raise ConfigError(f"drafter {drafter!r} needs a draft model: pass --draft NAME_OR_PATH")
-    target_backend = load_backend(target, backend, device, dtype)
+    target_backend = load_backend(target, backend, device, dtype, threads)
     draft_model = None
     if drafter_cls.needs_draft_model:
-        draft_model = load_backend(draft, draft_backend or backend, device, dtype)
+        draft_model = load_backend(draft, draft_backend or backend, device, dtype, threads)
     return Engine(target_backend, drafter_cls.create(target_backend, draft_model), policy_obj)

@@ -53,7 +53,10 @@ def generate(
         str | None,
         typer.Option(help="Draft model (default: qwen2.5-coder-0.5b for the default target)."),
     ] = None,
-    backend: Annotated[str, typer.Option(help="auto | torch")] = "auto",
+    backend: Annotated[
+        str,
+        typer.Option(help="auto (llama.cpp for GGUF, torch for HF folders) | llama.cpp | torch"),
+    ] = "auto",
     drafter: Annotated[
         str | None,
         typer.Option(help="none | model | ngram (default: model with a draft model, else ngram)."),
@@ -75,13 +78,16 @@ def generate(
         str | None, typer.Option(help="torch device (default: cuda if present).")
     ] = None,
     dtype: Annotated[str | None, typer.Option(help="float32 | bfloat16 | float16.")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads (default: all cores).")] = None,
 ) -> None:
     """Generate text from a prompt, streaming it, then print one line of statistics."""
     text = sys.stdin.read() if prompt == "-" else prompt
     sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)
     config = GenerationConfig(max_new_tokens=max_new_tokens, sampling=sampling, seed=seed)
     with err.status(f"loading {target}" + (f" and {draft}" if draft else "")):
-        engine = load(target, draft, drafter, policy, k, backend, device=device, dtype=dtype)
+        engine = load(
+            target, draft, drafter, policy, k, backend, device=device, dtype=dtype, threads=threads
+        )
     ids = encode_prompt(engine.target.tokenizer, text, chat)
     if as_json:
         typer.echo(json.dumps(engine.generate(ids, config).to_dict()))
@@ -106,6 +112,60 @@ def _stream(engine, ids: list[int], config: GenerationConfig) -> None:
         f"verify {s['verify_s']:.2f} s · {generation.finish_reason}[/]",
         highlight=False,
     )
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise AdaspecError(f"expected comma-separated whole numbers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise AdaspecError(f"expected positive whole numbers, got {text!r}")
+    return sorted(set(values))
+
+
+@app.command()
+@user_errors
+def profile(
+    target: Annotated[str, typer.Option(help="Model: name, .gguf file or HF folder.")] = (
+        models.DEFAULT_TARGET
+    ),
+    backend: Annotated[str, typer.Option(help="auto | llama.cpp | torch")] = "auto",
+    ks: Annotated[str, typer.Option(help="Draft sizes k to time.")] = "1,2,3,4,6,8,12,16",
+    contexts: Annotated[str, typer.Option(help="Context lengths to time after.")] = "128,512,1024",
+    repeats: Annotated[int, typer.Option(help="Timed repeats per point (after a warm-up).")] = 5,
+    threads: Annotated[int | None, typer.Option(help="CPU threads (default: all cores).")] = None,
+    device: Annotated[str | None, typer.Option(help="torch device.")] = None,
+) -> None:
+    """Time the target's forward over k new tokens; print the table and save it as JSON."""
+    from adaspec.api import load_backend
+    from adaspec.profile import measure
+
+    k_list, context_list = _int_list(ks), _int_list(contexts)
+    if repeats < 1:
+        raise AdaspecError(f"--repeats must be >= 1, got {repeats}")
+    with err.status(f"loading {target}"):
+        model = load_backend(target, backend, device=device, threads=threads)
+    if max(context_list) + max(k_list) > model.context_length:
+        raise AdaspecError(f"contexts exceed the model's {model.context_length}-token context")
+    with err.status("timing forward(k)") as status:
+        result = measure(
+            model,
+            k_list,
+            context_list,
+            repeats,
+            on_point=lambda c, k, ms: status.update(f"context {c}, k={k}: {ms:.1f} ms"),
+        )
+    table = Table(
+        title=f"forward(k) ms, median of {repeats} · {result.backend} · {result.threads} threads"
+    )
+    table.add_column("context")
+    for k in k_list:
+        table.add_column(f"k={k}", justify="right")
+    for context, row in zip(context_list, result.ms, strict=True):
+        table.add_row(str(context), *(f"{ms:.1f}" for ms in row))
+    Console().print(table)
+    err.print(f"saved {result.save()}")
 
 
 @models_app.command("pull")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import PreTrainedTokenizerFast
 
 from tests.tiny import make_tokenizer, save_model_dir
@@ -30,3 +31,9 @@ def foreign_dir(tmp_path_factory) -> Path:
     """A model whose tokenizer differs from the target's: an invalid draft."""
     other = make_tokenizer(vocab_size=280, corpus=["completely different words here"] * 50)
     return save_model_dir(tmp_path_factory.mktemp("tiny-foreign"), other, seed=5)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """Tiny models are all overhead; one thread avoids contention with other work."""
+    torch.set_num_threads(1)

@@ -159,3 +159,28 @@ def test_models_list(tmp_path):
 def test_models_pull_unknown_name(tmp_path):
     result = run("models", "pull", "gpt-5", env={"ADASPEC_CACHE": str(tmp_path)})
     assert_one_line_error(result, "unknown model")
+
+
+def test_profile_prints_and_saves(model_dir, tmp_path):
+    result = run(
+        "profile",
+        "--target",
+        str(model_dir),
+        "--ks",
+        "1,2",
+        "--contexts",
+        "4,8",
+        "--repeats",
+        "1",
+        env={"ADASPEC_CACHE": str(tmp_path)},
+    )
+    assert result.exit_code == 0, result.output
+    assert "k=2" in result.stdout
+    saved = list((tmp_path / "profiles").glob("*.json"))
+    assert len(saved) == 1
+
+
+def test_profile_bad_list(model_dir):
+    assert_one_line_error(
+        run("profile", "--target", str(model_dir), "--ks", "1,x"), "whole numbers"
+    )

@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
-from adaspec import GenerationConfig, load
+from adaspec import GenerationConfig, load, load_backend
 from adaspec.api import encode_prompt
+from adaspec.backends import BACKENDS
 from adaspec.models import NAMED_MODELS, model_path
 
 pytestmark = pytest.mark.integration
@@ -14,25 +16,67 @@ DRAFT = "qwen2.5-coder-0.5b"
 PROMPTS = [
     "Write a Python function that reverses a linked list.",
     "Summarize: speculative decoding drafts tokens cheaply and verifies them in one pass.",
+    "def fibonacci(n):",
 ]
+needs_llama = pytest.mark.skipif("llama.cpp" not in BACKENDS.names(), reason="no llama-cpp-python")
 
 
-@pytest.fixture(scope="module")
-def engines():
+@pytest.fixture(scope="module", autouse=True)
+def pulled():
     if not model_path(NAMED_MODELS[DRAFT]).is_file():
         pytest.skip("the default pair is not pulled; run `adaspec models pull`")
-    plain = load(DRAFT, drafter="none")
-    ngram = load(DRAFT, drafter="ngram", policy="heuristic")
-    return plain, ngram
 
 
-@pytest.mark.parametrize("prompt", PROMPTS)
-def test_real_ngram_greedy_equals_autoregressive(engines, prompt):
-    plain, ngram = engines
-    ids = encode_prompt(plain.target.tokenizer, prompt, chat=True)
-    config = GenerationConfig(max_new_tokens=32)
-    want = plain.generate(ids, config)
-    got = ngram.generate(ids, config)
-    assert got.token_ids == want.token_ids
-    assert len(want.token_ids) == 32 or want.finish_reason == "stop"
-    assert want.text.strip()
+def same_ids_as_autoregressive(backend: str, drafter: str, policy: str, n: int, **kw) -> None:
+    plain = load(DRAFT, drafter="none", backend=backend)
+    spec = load(DRAFT, drafter=drafter, policy=policy, backend=backend, **kw)
+    for text in PROMPTS[:n]:
+        ids = encode_prompt(plain.target.tokenizer, text, chat=not text.startswith("def"))
+        config = GenerationConfig(max_new_tokens=32)
+        want = plain.generate(ids, config)
+        got = spec.generate(ids, config)
+        assert got.token_ids == want.token_ids, (drafter, policy, text)
+        assert len(want.token_ids) == 32 or want.finish_reason == "stop"
+        assert want.text.strip()
+
+
+def test_torch_ngram_greedy_equals_autoregressive():
+    same_ids_as_autoregressive("torch", "ngram", "heuristic", n=2)
+
+
+@needs_llama
+@pytest.mark.parametrize("policy", ["fixed", "heuristic", "confidence"])
+def test_llama_cpp_ngram_greedy_equals_autoregressive(policy):
+    same_ids_as_autoregressive("llama.cpp", "ngram", policy, n=3)
+
+
+@needs_llama
+@pytest.mark.parametrize("policy", ["fixed", "confidence"])
+def test_llama_cpp_model_drafter_greedy_equals_autoregressive(policy):
+    same_ids_as_autoregressive("llama.cpp", "model", policy, n=3, draft=DRAFT)
+
+
+@needs_llama
+def test_llama_cpp_rollback_matches_fresh_prefill():
+    backend = load_backend(DRAFT, "llama.cpp")
+    prompt = encode_prompt(backend.tokenizer, PROMPTS[0], chat=True)
+    backend.prefill(prompt)
+    backend.forward([1, 2, 3, 4, 5])  # a rejected draft
+    backend.rollback(len(prompt))
+    backend.forward([10, 11])  # a draft accepted in part
+    backend.rollback(len(prompt) + 1)
+    after = backend.forward([12]).clone()
+    backend.reset()
+    backend.prefill([*prompt, 10])
+    fresh = backend.forward([12]).clone()
+    assert torch.allclose(after, fresh, atol=1e-3)
+    assert int(after.argmax()) == int(fresh.argmax())
+
+
+@needs_llama
+def test_llama_cpp_and_torch_share_the_chat_format():
+    ids = {}
+    for name in ("llama.cpp", "torch"):
+        tokenizer = load_backend(DRAFT, name).tokenizer
+        ids[name] = encode_prompt(tokenizer, PROMPTS[0], chat=True)
+    assert ids["llama.cpp"] == ids["torch"]

@@ -40,6 +40,7 @@ class Backend(Protocol):
     name: str  # registry name, e.g. "torch"
     label: str  # what the user loaded (path or model name), for messages and reports
     tokenizer: Tokenizer | None  # None for bare models built in tests
+    threads: int  # CPU threads it computes with (part of a cost profile's key)
 
     @property
     def vocab_size(self) -> int:

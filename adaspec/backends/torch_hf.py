@@ -64,8 +64,16 @@ class TorchBackend:
         self._cache = DynamicCache(config=model.config)
 
     @classmethod
-    def load(cls, path: str | Path, device: str | None = None, dtype: str | None = None):
+    def load(
+        cls,
+        path: str | Path,
+        device: str | None = None,
+        dtype: str | None = None,
+        threads: int | None = None,
+    ) -> TorchBackend:
         """A backend for a model folder or a ``.gguf`` file (converted once, then cached)."""
+        if threads:
+            torch.set_num_threads(threads)  # process-wide: torch has no per-model threads
         hf_logging.disable_progress_bar()  # the CLI shows its own status; keep stderr clean
         hf_logging.set_verbosity_error()
         path = Path(path)
@@ -75,6 +83,10 @@ class TorchBackend:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype).to(device)
         tokenizer = HFTokenizer(AutoTokenizer.from_pretrained(folder))
         return cls(model, tokenizer, label=str(path))
+
+    @property
+    def threads(self) -> int:
+        return torch.get_num_threads()
 
     @property
     def vocab_size(self) -> int:

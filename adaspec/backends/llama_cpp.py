@@ -1,0 +1,187 @@
+"""llama.cpp through llama-cpp-python's low-level C API (llama_batch, llama_decode, memory).
+
+The high-level ``Llama`` class re-evaluates or copies more than speculation needs. Here a
+forward over k tokens is one ``llama_decode`` of a reused batch; its logits are returned as
+a zero-copy NumPy/torch view of llama.cpp's buffer (valid until the next decode of this
+backend), and a rollback is one ``llama_memory_seq_rm`` of the rejected positions.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import llama_cpp as lc
+import numpy as np
+import torch
+from transformers.utils.chat_template_utils import render_jinja_template
+
+from adaspec.backends.base import BACKENDS
+from adaspec.errors import ModelError
+from adaspec.models import check_gguf_file
+
+SEQ = 0  # the single sequence this backend uses
+
+
+@lc.llama_log_callback
+def _quiet(level, text, user_data) -> None:
+    """llama.cpp logs every load to stderr; adaspec reports through its own CLI instead."""
+
+
+class LlamaTokenizer:
+    """The Tokenizer protocol on llama.cpp's vocabulary and the model file's chat template."""
+
+    def __init__(self, model, vocab, n_vocab: int) -> None:
+        self._vocab = vocab
+        self._n_vocab = n_vocab
+        template = lc.llama_model_chat_template(model, None)
+        self._template = template.decode() if template else None
+        self._words: list[str] | None = None
+
+    def encode(self, text: str, add_special: bool = True) -> list[int]:
+        """Special-token text is parsed as the token, as Hugging Face tokenizers do."""
+        data = text.encode()
+        room = len(data) + 8
+        buffer = (lc.llama_token * room)()
+        n = lc.llama_tokenize(self._vocab, data, len(data), buffer, room, add_special, True)
+        if n < 0:
+            raise ModelError(f"could not tokenize a {len(data)}-byte prompt")
+        return list(buffer[:n])
+
+    def decode(self, ids: Sequence[int]) -> str:
+        buffer = ctypes.create_string_buffer(256)
+        pieces = []
+        for token in ids:
+            n = lc.llama_token_to_piece(self._vocab, token, buffer, 256, 0, False)
+            pieces.append(buffer.raw[: max(n, 0)])
+        return b"".join(pieces).decode("utf-8", errors="replace")
+
+    def apply_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        if not self._template:
+            raise ModelError("this model has no chat template; drop --chat and give raw text")
+        rendered, _ = render_jinja_template(
+            [messages], chat_template=self._template, add_generation_prompt=True
+        )
+        return self.encode(rendered[0], add_special=False)
+
+    def vocabulary(self) -> list[str]:
+        if self._words is None:
+            self._words = [
+                lc.llama_vocab_get_text(self._vocab, i).decode("utf-8", errors="replace")
+                for i in range(self._n_vocab)
+            ]
+        return self._words
+
+
+@BACKENDS.register("llama.cpp")
+class LlamaCppBackend:
+    """A GGUF model in llama.cpp with one KV-cache sequence."""
+
+    name = "llama.cpp"
+
+    def __init__(
+        self, path: Path, n_ctx: int = 4096, threads: int | None = None, n_batch: int = 512
+    ) -> None:
+        check_gguf_file(path)
+        lc.llama_log_set(_quiet, ctypes.c_void_p())
+        lc.llama_backend_init()
+        self.label = str(path)
+        self.threads = threads or os.cpu_count() or 1
+        self._model = lc.llama_model_load_from_file(str(path).encode(), _model_params())
+        if not self._model:
+            raise ModelError(f"llama.cpp could not load {path}; is it a complete GGUF model?")
+        self._ctx = lc.llama_init_from_model(self._model, self._context_params(n_ctx, n_batch))
+        if not self._ctx:
+            raise ModelError(f"llama.cpp could not create a {n_ctx}-token context for {path}")
+        vocab = lc.llama_model_get_vocab(self._model)
+        self._n_vocab = lc.llama_vocab_n_tokens(vocab)
+        self._eos = frozenset(i for i in range(self._n_vocab) if lc.llama_vocab_is_eog(vocab, i))
+        self.tokenizer = LlamaTokenizer(self._model, vocab, self._n_vocab)
+        self._n_batch = n_batch
+        self._batch = lc.llama_batch_init(n_batch, 0, 1)
+        self._memory = lc.llama_get_memory(self._ctx)
+        self._length = 0
+
+    @classmethod
+    def load(
+        cls, path: str | Path, device: str | None = None, dtype: str | None = None, **options
+    ) -> LlamaCppBackend:
+        """``device`` and ``dtype`` are torch notions; llama.cpp runs the file as quantized."""
+        return cls(Path(path), **options)
+
+    def _context_params(self, n_ctx: int, n_batch: int):
+        params = lc.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_batch = params.n_ubatch = n_batch
+        params.n_threads = params.n_threads_batch = self.threads
+        return params
+
+    @property
+    def vocab_size(self) -> int:
+        return self._n_vocab
+
+    @property
+    def context_length(self) -> int:
+        return lc.llama_n_ctx(self._ctx)
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        return self._eos
+
+    @property
+    def length(self) -> int:
+        return self._length
+
+    def reset(self) -> None:
+        lc.llama_memory_clear(self._memory, True)
+        self._length = 0
+
+    def prefill(self, tokens: Sequence[int]) -> None:
+        for start in range(0, len(tokens), self._n_batch):
+            self._decode(tokens[start : start + self._n_batch], logits=False)
+
+    def forward(self, tokens: Sequence[int]) -> torch.Tensor:
+        """[k, vocab] logits, a view of llama.cpp's buffer: read it before the next call."""
+        if len(tokens) > self._n_batch:
+            raise ValueError(f"forward takes at most {self._n_batch} tokens at once")
+        self._decode(tokens, logits=True)
+        rows = np.ctypeslib.as_array(lc.llama_get_logits(self._ctx), (len(tokens), self._n_vocab))
+        return torch.from_numpy(rows)
+
+    def rollback(self, length: int) -> None:
+        if length < self._length:
+            lc.llama_memory_seq_rm(self._memory, SEQ, length, -1)
+            self._length = length
+
+    def _decode(self, tokens: Sequence[int], logits: bool) -> None:
+        batch = self._batch
+        batch.n_tokens = len(tokens)
+        for i, token in enumerate(tokens):
+            batch.token[i] = token
+            batch.pos[i] = self._length + i
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = SEQ
+            batch.logits[i] = logits
+        status = lc.llama_decode(self._ctx, batch)
+        if status != 0:
+            raise ModelError(
+                f"llama_decode failed (status {status}) at position {self._length}: "
+                "the context is full or out of memory; lower --max-new-tokens"
+            )
+        self._length += len(tokens)
+
+    def __del__(self) -> None:
+        if getattr(self, "_batch", None) is not None:
+            lc.llama_batch_free(self._batch)
+        if getattr(self, "_ctx", None):
+            lc.llama_free(self._ctx)
+        if getattr(self, "_model", None):
+            lc.llama_model_free(self._model)
+
+
+def _model_params():
+    params = lc.llama_model_default_params()
+    params.use_mmap = True
+    return params

@@ -1,0 +1,98 @@
+"""The measured cost of a target forward over k new tokens, per model, backend and threads.
+
+On a CPU, verifying k tokens costs far more than one (unlike on a GPU), so how much to
+speculate must come from measurement on this machine. A CostProfile is plain data: the
+median milliseconds of ``forward(k)`` after a given context, saved as JSON in the cache.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+from bisect import bisect_left
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from time import perf_counter
+
+from adaspec.backends.base import Backend
+from adaspec.models import cache_dir
+
+DEFAULT_KS = (1, 2, 3, 4, 6, 8, 12, 16)
+DEFAULT_CONTEXTS = (128, 512, 1024)
+
+
+@dataclass(frozen=True)
+class CostProfile:
+    model: str
+    backend: str
+    threads: int
+    ks: list[int]
+    contexts: list[int]
+    ms: list[list[float]]  # [len(contexts), len(ks)]: median ms of forward(k) after context
+    spread_ms: list[list[float]]  # same shape: max - min over the repeats
+
+    def cost_ms(self, k: int, context: int) -> float:
+        """Forward cost for k tokens: the nearest measured context, linear in k between
+        measured points and extrapolated from the last two beyond them."""
+        row = self.ms[min(range(len(self.contexts)), key=lambda i: abs(self.contexts[i] - context))]
+        ks = self.ks
+        if k <= ks[0]:
+            return row[0] * k / ks[0]
+        i = min(bisect_left(ks, k), len(ks) - 1)
+        k0, k1, m0, m1 = ks[i - 1], ks[i], row[i - 1], row[i]
+        return m0 + (m1 - m0) * (k - k0) / (k1 - k0)
+
+    def save(self, path: Path | None = None) -> Path:
+        path = path or profile_path(self.model, self.backend, self.threads)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self), indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> CostProfile:
+        return cls(**json.loads(path.read_text()))
+
+
+def profile_path(model: str, backend: str, threads: int) -> Path:
+    stem = Path(model).name.removesuffix(".gguf")
+    return cache_dir() / "profiles" / f"{stem}-{backend}-t{threads}.json"
+
+
+def measure(
+    backend: Backend,
+    ks: Sequence[int] = DEFAULT_KS,
+    contexts: Sequence[int] = DEFAULT_CONTEXTS,
+    repeats: int = 5,
+    on_point: Callable[[int, int, float], None] | None = None,
+) -> CostProfile:
+    """Time ``forward(k)`` after each context: one warm-up, then the median of repeats."""
+    rng = random.Random(0)
+    low, high = min(1000, backend.vocab_size // 2), min(backend.vocab_size, 30000)  # plain words
+    tokens = [rng.randrange(low, high) for _ in range(max(contexts))]
+    table, spread = [], []
+    for context in contexts:
+        backend.reset()
+        backend.prefill(tokens[:context])
+        times = [_time_forward(backend, tokens[:k], context, repeats) for k in ks]
+        table.append([round(statistics.median(t), 2) for t in times])
+        spread.append([round(max(t) - min(t), 2) for t in times])
+        for k, ms in zip(ks, table[-1], strict=True):
+            if on_point:
+                on_point(context, k, ms)
+    return CostProfile(
+        backend.label, backend.name, backend.threads, list(ks), list(contexts), table, spread
+    )
+
+
+def _time_forward(backend: Backend, draft: list[int], context: int, repeats: int) -> list[float]:
+    times = []
+    for i in range(repeats + 1):
+        started = perf_counter()
+        float(backend.forward(draft)[-1, 0])  # reading a value waits for the device
+        elapsed = (perf_counter() - started) * 1000
+        backend.rollback(context)
+        if i:  # the first run is the warm-up
+            times.append(elapsed)
+    return times

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from adaspec.profile import CostProfile, measure
+from tests.tiny import backend, tiny_model
+
+PROFILE = CostProfile(
+    model="m.gguf",
+    backend="llama.cpp",
+    threads=2,
+    ks=[1, 2, 4, 8],
+    contexts=[128, 1024],
+    ms=[[50.0, 80.0, 120.0, 280.0], [60.0, 90.0, 140.0, 300.0]],
+    spread_ms=[[1.0] * 4, [1.0] * 4],
+)
+
+
+@pytest.mark.parametrize(
+    ("k", "context", "expected"),
+    [
+        (1, 100, 50.0),
+        (4, 128, 120.0),
+        (3, 128, 100.0),  # halfway between k=2 and k=4
+        (6, 128, 200.0),
+        (16, 128, 600.0),  # beyond the last point: the last slope continues
+        (2, 900, 90.0),  # nearest measured context
+    ],
+)
+def test_cost_interpolation(k, context, expected):
+    assert PROFILE.cost_ms(k, context) == pytest.approx(expected)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    path = PROFILE.save(tmp_path / "p.json")
+    assert CostProfile.load(path) == PROFILE
+    assert json.loads(path.read_text())["ks"] == [1, 2, 4, 8]
+
+
+def test_measure_on_a_tiny_model():
+    model = backend(tiny_model(seed=0))
+    profile = measure(model, ks=[1, 3], contexts=[4, 16], repeats=2)
+    assert len(profile.ms) == 2 and all(len(row) == 2 for row in profile.ms)
+    assert all(ms > 0 for row in profile.ms for ms in row)
+    assert model.length == 16  # every timed draft was rolled back
