@@ -57,6 +57,9 @@ def generate(
         str,
         typer.Option(help="auto (llama.cpp for GGUF, torch for HF folders) | llama.cpp | torch"),
     ] = "auto",
+    draft_backend: Annotated[
+        str | None, typer.Option(help="Backend of the draft model (default: as --backend).")
+    ] = None,
     drafter: Annotated[
         str | None,
         typer.Option(help="none | model | ngram (default: model with a draft model, else ngram)."),
@@ -86,7 +89,7 @@ def generate(
     config = GenerationConfig(max_new_tokens=max_new_tokens, sampling=sampling, seed=seed)
     with err.status(f"loading {target}" + (f" and {draft}" if draft else "")):
         engine = load(
-            target, draft, drafter, policy, k, backend, device=device, dtype=dtype, threads=threads
+            target, draft, drafter, policy, k, backend, draft_backend, device, dtype, threads
         )
     ids = encode_prompt(engine.target.tokenizer, text, chat)
     if as_json:

@@ -58,19 +58,29 @@ def test_llama_cpp_model_drafter_greedy_equals_autoregressive(policy):
 
 @needs_llama
 def test_llama_cpp_rollback_matches_fresh_prefill():
+    """A rejected draft leaves no trace: the same accepted steps with and without it give
+    identical logits. A single-batch fresh prefill agrees up to llama.cpp's batch-size
+    dependent rounding (about 0.1 in logits here), so there only the argmax is compared."""
     backend = load_backend(DRAFT, "llama.cpp")
     prompt = encode_prompt(backend.tokenizer, PROMPTS[0], chat=True)
-    backend.prefill(prompt)
-    backend.forward([1, 2, 3, 4, 5])  # a rejected draft
-    backend.rollback(len(prompt))
-    backend.forward([10, 11])  # a draft accepted in part
-    backend.rollback(len(prompt) + 1)
-    after = backend.forward([12]).clone()
+
+    def next_logits(rejected: list[int]) -> torch.Tensor:
+        backend.reset()
+        backend.prefill(prompt)
+        if rejected:
+            backend.forward(rejected)  # a draft the target rejected entirely
+            backend.rollback(len(prompt))
+        backend.forward([10, 11])  # a draft accepted in part
+        backend.rollback(len(prompt) + 1)
+        return backend.forward([12]).clone()
+
+    after_rollback = next_logits(rejected=[1, 2, 3, 4, 5])
+    assert torch.equal(after_rollback, next_logits(rejected=[]))
     backend.reset()
     backend.prefill([*prompt, 10])
     fresh = backend.forward([12]).clone()
-    assert torch.allclose(after, fresh, atol=1e-3)
-    assert int(after.argmax()) == int(fresh.argmax())
+    assert int(after_rollback.argmax()) == int(fresh.argmax())
+    assert torch.allclose(after_rollback, fresh, atol=0.5)
 
 
 @needs_llama

@@ -30,13 +30,30 @@ def _quiet(level, text, user_data) -> None:
     """llama.cpp logs every load to stderr; adaspec reports through its own CLI instead."""
 
 
+class _ModelHandle:
+    """Owns the loaded model; the backend and its tokenizer both hold it, so the weights and
+    vocabulary live as long as either one is in use."""
+
+    def __init__(self, path: Path) -> None:
+        self.ptr = lc.llama_model_load_from_file(str(path).encode(), _model_params())
+        if not self.ptr:
+            raise ModelError(f"llama.cpp could not load {path}; is it a complete GGUF model?")
+        self.vocab = lc.llama_model_get_vocab(self.ptr)
+        self.n_vocab = lc.llama_vocab_n_tokens(self.vocab)
+
+    def __del__(self) -> None:
+        if getattr(self, "ptr", None):
+            lc.llama_model_free(self.ptr)
+
+
 class LlamaTokenizer:
     """The Tokenizer protocol on llama.cpp's vocabulary and the model file's chat template."""
 
-    def __init__(self, model, vocab, n_vocab: int) -> None:
-        self._vocab = vocab
-        self._n_vocab = n_vocab
-        template = lc.llama_model_chat_template(model, None)
+    def __init__(self, model: _ModelHandle) -> None:
+        self._model = model  # keeps the vocabulary alive
+        self._vocab = model.vocab
+        self._n_vocab = model.n_vocab
+        template = lc.llama_model_chat_template(model.ptr, None)
         self._template = template.decode() if template else None
         self._words: list[str] | None = None
 
@@ -89,16 +106,14 @@ class LlamaCppBackend:
         lc.llama_backend_init()
         self.label = str(path)
         self.threads = threads or os.cpu_count() or 1
-        self._model = lc.llama_model_load_from_file(str(path).encode(), _model_params())
-        if not self._model:
-            raise ModelError(f"llama.cpp could not load {path}; is it a complete GGUF model?")
-        self._ctx = lc.llama_init_from_model(self._model, self._context_params(n_ctx, n_batch))
+        self._model = _ModelHandle(path)
+        self._ctx = lc.llama_init_from_model(self._model.ptr, self._context_params(n_ctx, n_batch))
         if not self._ctx:
             raise ModelError(f"llama.cpp could not create a {n_ctx}-token context for {path}")
-        vocab = lc.llama_model_get_vocab(self._model)
-        self._n_vocab = lc.llama_vocab_n_tokens(vocab)
+        self._n_vocab = self._model.n_vocab
+        vocab = self._model.vocab
         self._eos = frozenset(i for i in range(self._n_vocab) if lc.llama_vocab_is_eog(vocab, i))
-        self.tokenizer = LlamaTokenizer(self._model, vocab, self._n_vocab)
+        self.tokenizer = LlamaTokenizer(self._model)
         self._n_batch = n_batch
         self._batch = lc.llama_batch_init(n_batch, 0, 1)
         self._memory = lc.llama_get_memory(self._ctx)
@@ -116,6 +131,8 @@ class LlamaCppBackend:
         params.n_ctx = n_ctx
         params.n_batch = params.n_ubatch = n_batch
         params.n_threads = params.n_threads_batch = self.threads
+        # Plain attention: each query row is computed alike whatever the batch (see README).
+        params.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
         return params
 
     @property
@@ -176,12 +193,12 @@ class LlamaCppBackend:
         if getattr(self, "_batch", None) is not None:
             lc.llama_batch_free(self._batch)
         if getattr(self, "_ctx", None):
-            lc.llama_free(self._ctx)
-        if getattr(self, "_model", None):
-            lc.llama_model_free(self._model)
+            lc.llama_free(self._ctx)  # the model handle is released after, by refcount
 
 
 def _model_params():
     params = lc.llama_model_default_params()
-    params.use_mmap = True
+    # No repacked weight layouts: their batched GEMM rounds differently from the one-token
+    # GEMV, so a verified draft token would not score exactly as it does when decoded alone.
+    params.use_extra_bufts = False
     return params
