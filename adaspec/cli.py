@@ -6,6 +6,7 @@ import functools
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
@@ -169,6 +170,77 @@ def profile(
         table.add_row(str(context), *(f"{ms:.1f}" for ms in row))
     Console().print(table)
     err.print(f"saved {result.save()}")
+
+
+@app.command()
+@user_errors
+def bench(
+    questions: Annotated[
+        Path | None, typer.Option(help="Spec-Bench JSONL (default: the shipped 480 questions).")
+    ] = None,
+    categories: Annotated[str | None, typer.Option(help="Comma-separated categories.")] = None,
+    per_category: Annotated[int, typer.Option(help="Questions per category (0 = all).")] = 1,
+    max_new_tokens: Annotated[int, typer.Option(help="Most new tokens per question.")] = 64,
+    methods: Annotated[
+        str, typer.Option(help="adaspec drafter[:policy] list; `none` is always the baseline.")
+    ] = "none,ngram:heuristic,model:confidence",
+    peers: Annotated[bool, typer.Option(help="Also measure the peer libraries.")] = True,
+    backend: Annotated[str, typer.Option(help="auto | llama.cpp | torch")] = "auto",
+    target: Annotated[str, typer.Option(help="Target model.")] = models.DEFAULT_TARGET,
+    draft: Annotated[str, typer.Option(help="Draft model.")] = models.DEFAULT_DRAFT,
+    k: Annotated[int, typer.Option("--k", help="Draft length parameter of the policies.")] = 4,
+    repeats: Annotated[int, typer.Option(help="Timed repeats per question and method.")] = 1,
+    threads: Annotated[int | None, typer.Option(help="CPU threads (default: all cores).")] = None,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("bench-out"),
+    resume: Annotated[bool, typer.Option(help="Keep the runs already in OUT/runs.jsonl.")] = False,
+) -> None:
+    """Spec-Bench on the model pair: adaspec methods and peers side by side, one report."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from adaspec.bench.harness import BenchOptions, check_methods, run_bench
+    from adaspec.bench.questions import default_questions_path
+
+    method_list = [m.strip() for m in methods.split(",") if m.strip()]
+    check_methods(method_list)
+    if repeats < 1 or max_new_tokens < 1 or per_category < 0:
+        raise AdaspecError("--repeats and --max-new-tokens must be >= 1, --per-category >= 0")
+    options = BenchOptions(
+        questions=questions or default_questions_path(),
+        target=target,
+        draft=draft,
+        backend=backend,
+        categories=[c.strip() for c in categories.split(",")] if categories else None,
+        per_category=per_category or None,
+        max_new_tokens=max_new_tokens,
+        methods=method_list,
+        peers=peers,
+        repeats=repeats,
+        k=k,
+        threads=threads,
+        out=out,
+        resume=resume,
+    )
+    columns = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeRemainingColumn(),
+    ]
+    with Progress(*columns, console=err) as progress:
+        task = progress.add_task("loading models", total=None)
+        outcome = run_bench(
+            options,
+            lambda tick: progress.update(
+                task, completed=tick.done, total=tick.total, description=tick.label
+            ),
+        )
+    Console().print(outcome.markdown, markup=False, highlight=False)
+    err.print(
+        f"wrote {outcome.report_path}, results.json, speedup.png, accepted.png in {options.out}"
+    )
+    if outcome.problems:
+        err.print(f"[bold red]error:[/] {len(outcome.problems)} run(s) differ from plain decoding")
+        raise typer.Exit(1)
 
 
 @models_app.command("pull")

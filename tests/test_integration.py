@@ -84,6 +84,27 @@ def test_llama_cpp_rollback_matches_fresh_prefill():
 
 
 @needs_llama
+@pytest.mark.parametrize("model", [DRAFT, "qwen2.5-coder-1.5b"])
+def test_llama_cpp_scores_a_batch_exactly_as_one_token_at_a_time(model):
+    """What makes greedy verification on llama.cpp exact: row i of forward(k tokens) is
+    bit-identical to decoding those tokens one by one, and so is the cache they leave."""
+    if not model_path(NAMED_MODELS[model]).is_file():
+        pytest.skip(f"{model} is not pulled")
+    backend = load_backend(model, "llama.cpp")
+    prompt = encode_prompt(backend.tokenizer, PROMPTS[0], chat=True)
+    tokens = [73594, 12669, 198, 1040, 20501, 510, 262, 707]
+    backend.prefill(prompt)
+    one_by_one = torch.stack([backend.forward([t])[0].clone() for t in tokens])
+    after_singles = backend.forward([100])[0].clone()
+    backend.reset()
+    backend.prefill(prompt)
+    batched = backend.forward(tokens).clone()
+    after_batch = backend.forward([100])[0].clone()
+    assert torch.equal(batched, one_by_one)
+    assert torch.equal(after_batch, after_singles)
+
+
+@needs_llama
 def test_llama_cpp_and_torch_share_the_chat_format():
     ids = {}
     for name in ("llama.cpp", "torch"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,6 +24,27 @@ from adaspec.errors import ModelError
 from adaspec.models import check_gguf_file
 
 SEQ = 0  # the single sequence this backend uses
+# Largest batch that ggml's CPU kernels score bit-identically to one-token decoding (a build
+# without llamafile, weights not repacked); from 8 tokens on a different kernel rounds
+# differently. Verification forwards are split into batches of at most this size, which
+# costs little on a CPU, where a forward's cost grows almost linearly with its tokens.
+EXACT_BATCH = 7
+
+
+def batch_invariant_build() -> bool:
+    """Whether this llama.cpp scores a batch exactly as one token at a time. llamafile's
+    tinyBLAS kernels (used from two tokens up) round differently, and quantized activations
+    amplify that into visibly different logits, so such a build cannot promise greedy
+    speculative output equal to plain decoding."""
+    return b"LLAMAFILE = 1" not in lc.llama_print_system_info()
+
+
+def require_batch_invariant_build() -> None:
+    if not batch_invariant_build():
+        raise SystemExit(
+            "llama-cpp-python was built with LLAMAFILE; rebuild it with "
+            'CMAKE_ARGS="-DGGML_LLAMAFILE=OFF" (`make install` does)'
+        )
 
 
 @lc.llama_log_callback
@@ -106,6 +128,13 @@ class LlamaCppBackend:
         lc.llama_backend_init()
         self.label = str(path)
         self.threads = threads or os.cpu_count() or 1
+        if not batch_invariant_build():
+            warnings.warn(
+                "llama-cpp-python was built with LLAMAFILE: greedy speculative output can differ "
+                "from plain decoding; rebuild with "
+                'CMAKE_ARGS="-DGGML_LLAMAFILE=OFF" (see README)',
+                stacklevel=2,
+            )
         self._model = _ModelHandle(path)
         self._ctx = lc.llama_init_from_model(self._model.ptr, self._context_params(n_ctx, n_batch))
         if not self._ctx:
@@ -160,12 +189,20 @@ class LlamaCppBackend:
             self._decode(tokens[start : start + self._n_batch], logits=False)
 
     def forward(self, tokens: Sequence[int]) -> torch.Tensor:
-        """[k, vocab] logits, a view of llama.cpp's buffer: read it before the next call."""
-        if len(tokens) > self._n_batch:
-            raise ValueError(f"forward takes at most {self._n_batch} tokens at once")
-        self._decode(tokens, logits=True)
-        rows = np.ctypeslib.as_array(lc.llama_get_logits(self._ctx), (len(tokens), self._n_vocab))
+        """[k, vocab] logits. Up to EXACT_BATCH tokens this is a view of llama.cpp's buffer,
+        valid until the next call; longer drafts are decoded in exact-size pieces and copied."""
+        if len(tokens) <= EXACT_BATCH:
+            self._decode(tokens, logits=True)
+            return torch.from_numpy(self._logits(len(tokens)))
+        rows = np.empty((len(tokens), self._n_vocab), dtype=np.float32)  # [k, vocab]
+        for start in range(0, len(tokens), EXACT_BATCH):
+            piece = tokens[start : start + EXACT_BATCH]
+            self._decode(piece, logits=True)
+            rows[start : start + len(piece)] = self._logits(len(piece))
         return torch.from_numpy(rows)
+
+    def _logits(self, n: int) -> np.ndarray:
+        return np.ctypeslib.as_array(lc.llama_get_logits(self._ctx), (n, self._n_vocab))
 
     def rollback(self, length: int) -> None:
         if length < self._length:

@@ -1,0 +1,1 @@
+"""Spec-Bench style benchmarking: methods measured side by side on the same questions."""

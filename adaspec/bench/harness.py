@@ -1,0 +1,166 @@
+"""``adaspec bench``: load the pair once, build the methods and peers, measure, report."""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from adaspec.api import choose_backend, encode_prompt, load_backend
+from adaspec.bench import peers as peer_factories
+from adaspec.bench import report
+from adaspec.bench.methods import AdaspecMethod, Method
+from adaspec.bench.questions import load_questions, select
+from adaspec.bench.runner import Tick, measure
+from adaspec.errors import ConfigError
+from adaspec.models import DEFAULT_DRAFT, DEFAULT_TARGET, NAMED_MODELS, resolve_model
+
+BASELINE = "none"
+DEFAULT_METHODS = ("none", "ngram:heuristic", "model:confidence")
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    questions: Path
+    target: str = DEFAULT_TARGET
+    draft: str | None = DEFAULT_DRAFT
+    backend: str = "auto"
+    categories: Sequence[str] | None = None
+    per_category: int | None = 1
+    max_new_tokens: int = 64
+    methods: Sequence[str] = DEFAULT_METHODS
+    peers: bool = True
+    repeats: int = 1
+    k: int = 4
+    threads: int | None = None
+    out: Path = Path("bench-out")
+    resume: bool = False
+
+
+@dataclass
+class BenchOutcome:
+    report_path: Path
+    problems: list[str]
+    notes: list[str] = field(default_factory=list)
+    markdown: str = ""
+
+
+def run_bench(
+    options: BenchOptions, on_tick: Callable[[Tick], None] = lambda t: None
+) -> BenchOutcome:
+    questions = select(load_questions(options.questions), options.categories, options.per_category)
+    methods_spec = list(dict.fromkeys([BASELINE, *options.methods]))
+    target = load_backend(options.target, options.backend, threads=options.threads)
+    needs_draft = any(AdaspecMethod.needs_draft(m) for m in methods_spec)
+    draft = (
+        load_backend(options.draft, options.backend, threads=options.threads)
+        if needs_draft and options.draft
+        else None
+    )
+    methods: list[Method] = [AdaspecMethod(m, target, draft, options.k) for m in methods_spec]
+    peers, notes = _peers(options, target) if options.peers else ([], [])
+    methods += peers
+    runs = measure(
+        methods,
+        questions,
+        lambda text: encode_prompt(target.tokenizer, text, chat=True),
+        options.max_new_tokens,
+        options.repeats,
+        options.out,
+        options.resume,
+        on_tick,
+    )
+    cells = report.table(runs)
+    problems = report.mismatches(runs, BASELINE)
+    meta = _meta(options, target, len(questions), notes)
+    report.write_results(options.out / "results.json", runs, meta)
+    report.plots(options.out, cells, runs, BASELINE)
+    text = report.markdown(cells, BASELINE, [p.name for p in peers], problems, _header(meta, notes))
+    path = options.out / "report.md"
+    path.write_text(text)
+    return BenchOutcome(path, problems, notes, text)
+
+
+def _peers(options: BenchOptions, target) -> tuple[list[Method], list[str]]:
+    target_path = resolve_model(options.target)
+    if target.name == "llama.cpp":
+        return peer_factories.llama_cpp_peers(target_path, target.threads, target.context_length)
+    from adaspec.backends.torch_hf import converted_gguf_folder
+
+    folder = converted_gguf_folder(target_path) if target_path.suffix == ".gguf" else target_path
+    draft_folder = None
+    if options.draft:
+        draft_path = resolve_model(options.draft)
+        draft_folder = (
+            converted_gguf_folder(draft_path) if draft_path.suffix == ".gguf" else draft_path
+        )
+    return peer_factories.transformers_peers(folder, draft_folder)
+
+
+def _meta(options: BenchOptions, target, n_questions: int, notes: list[str]) -> dict:
+    return {
+        "machine": {
+            "platform": platform.platform(),
+            "processor": _cpu(),
+            "python": platform.python_version(),
+        },
+        "backend": target.name,
+        "threads": target.threads,
+        "versions": {
+            p: _version(p) for p in ("adaspec", "torch", "transformers", "llama-cpp-python")
+        },
+        "models": {m: _checksum(m) for m in (options.target, options.draft) if m},
+        "questions": str(options.questions),
+        "n_questions": n_questions,
+        "max_new_tokens": options.max_new_tokens,
+        "repeats": options.repeats,
+        "notes": notes,
+    }
+
+
+def _header(meta: dict, notes: list[str]) -> str:
+    lines = [
+        "# adaspec bench",
+        "",
+        f"{meta['n_questions']} questions (first turn, chat template), greedy, "
+        f"{meta['max_new_tokens']} new tokens at most, "
+        f"{meta['repeats']} repeat(s) after a warm-up, "
+        f"methods interleaved per question. Backend {meta['backend']}, {meta['threads']} threads, "
+        f"{meta['machine']['processor']}.",
+    ]
+    lines += [f"- note: {n}" for n in notes]
+    return "\n".join(lines)
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _version(package: str) -> str | None:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def _checksum(model: str) -> str:
+    spec = NAMED_MODELS.get(model)
+    return f"sha256:{spec.sha256}" if spec else str(resolve_model(model))
+
+
+def check_methods(specs: Sequence[str]) -> None:
+    for spec in specs:
+        AdaspecMethod.parse(spec)
+    if not specs:
+        raise ConfigError("--methods is empty; give e.g. none,ngram:heuristic")
+
+
+__all__ = ["BenchOptions", "BenchOutcome", "check_methods", "choose_backend", "run_bench"]

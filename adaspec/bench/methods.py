@@ -1,0 +1,109 @@
+"""What a benchmark run measures: adaspec configurations and the peers users would pick.
+
+Every method turns prompt token ids into a Run. adaspec methods share one loaded target
+(and draft) backend, since the runner calls one method at a time.
+"""
+
+from __future__ import annotations
+
+import resource
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from time import perf_counter
+from typing import Protocol
+
+from adaspec.backends.base import Backend
+from adaspec.config import GenerationConfig
+from adaspec.drafters import DRAFTERS
+from adaspec.engine import Engine
+from adaspec.errors import ConfigError
+from adaspec.policies import POLICIES
+
+
+@dataclass
+class Run:
+    """One measured generation of one method on one question."""
+
+    method: str
+    question_id: int | str
+    category: str
+    repeat: int
+    new_tokens: int
+    wall_s: float
+    token_ids: list[int] | None = None  # None for peers that only report text
+    target_forwards: int | None = None
+    drafted: int | None = None
+    accepted: int | None = None
+    draft_s: float | None = None
+    verify_s: float | None = None
+    accepted_per_step: list[int] = field(default_factory=list)
+    peak_rss_mb: float = 0.0  # the process's peak resident memory after this run
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.new_tokens / self.wall_s if self.wall_s > 0 else 0.0
+
+
+class Method(Protocol):
+    name: str
+    is_peer: bool
+
+    def run(self, prompt: list[int], max_new_tokens: int) -> dict:
+        """Generate greedily; return the Run fields it knows (new_tokens, wall_s, ...)."""
+        ...
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+class AdaspecMethod:
+    """``drafter[:policy]`` through the adaspec engine, e.g. ``none``, ``ngram:heuristic``."""
+
+    is_peer = False
+
+    def __init__(self, spec: str, target: Backend, draft: Backend | None, k: int = 4) -> None:
+        drafter_cls, policy_cls = self.parse(spec)
+        if drafter_cls.needs_draft_model and draft is None:
+            raise ConfigError(f"method {spec!r} needs a draft model: pass --draft")
+        self.name = spec
+        self.engine = Engine(target, drafter_cls.create(target, draft), policy_cls(k=k))
+
+    @staticmethod
+    def parse(spec: str) -> tuple[type, type]:
+        """``drafter[:policy]`` to its classes; unknown names raise a ConfigError."""
+        drafter, _, policy = spec.partition(":")
+        return DRAFTERS.get(drafter), POLICIES.get(policy or "fixed")
+
+    @classmethod
+    def needs_draft(cls, spec: str) -> bool:
+        return cls.parse(spec)[0].needs_draft_model
+
+    def run(self, prompt: list[int], max_new_tokens: int) -> dict:
+        result = self.engine.generate(prompt, GenerationConfig(max_new_tokens=max_new_tokens))
+        stats = result.stats.summary()
+        return {
+            "new_tokens": stats["new_tokens"],
+            "wall_s": stats["wall_s"],
+            "token_ids": result.token_ids,
+            "target_forwards": stats["target_forwards"],
+            "drafted": stats["drafted"],
+            "accepted": stats["accepted"],
+            "draft_s": stats["draft_s"],
+            "verify_s": stats["verify_s"],
+            "accepted_per_step": [s.accepted for s in result.stats.steps],
+        }
+
+
+@dataclass
+class TimedPeer:
+    """A peer library's own generate call, timed from the outside."""
+
+    name: str
+    generate: Callable[[list[int], int], int]  # (prompt ids, max new) -> new tokens made
+    is_peer: bool = True
+
+    def run(self, prompt: list[int], max_new_tokens: int) -> dict:
+        started = perf_counter()
+        new_tokens = self.generate(prompt, max_new_tokens)
+        return {"new_tokens": new_tokens, "wall_s": perf_counter() - started}

@@ -1,0 +1,76 @@
+"""Peers: the same model run by the libraries users would pick instead of adaspec.
+
+A peer whose library is missing is skipped with a note; nothing is ever simulated.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from adaspec.bench.methods import TimedPeer
+
+
+def llama_cpp_peers(
+    model: Path, threads: int, n_ctx: int, lookup: tuple[int, ...] = (10, 2)
+) -> tuple[list[TimedPeer], list[str]]:
+    """llama-cpp-python's own ``create_completion``, plain and with its prompt-lookup draft."""
+    try:
+        from llama_cpp import Llama
+        from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
+    except ImportError:
+        return [], ["llama-cpp-python peers skipped: llama-cpp-python is not installed"]
+
+    def make(draft) -> TimedPeer:
+        llm = Llama(
+            str(model),
+            n_ctx=n_ctx,
+            n_threads=threads,
+            n_threads_batch=threads,
+            draft_model=draft,
+            verbose=False,
+        )
+
+        def generate(prompt: list[int], max_new: int) -> int:
+            llm.reset()
+            out = llm.create_completion(prompt, max_tokens=max_new, temperature=0.0, top_k=1)
+            return int(out["usage"]["completion_tokens"])
+
+        return generate
+
+    peers = [TimedPeer("llama-cpp-python", make(None))]
+    for n in lookup:
+        peers.append(
+            TimedPeer(
+                f"llama-cpp-python:lookup{n}", make(LlamaPromptLookupDecoding(num_pred_tokens=n))
+            )
+        )
+    return peers, []
+
+
+def transformers_peers(
+    target_folder: Path, draft_folder: Path | None, lookup: int = 10
+) -> tuple[list[TimedPeer], list[str]]:
+    """Hugging Face ``generate()``: plain, ``assistant_model=``, ``prompt_lookup_num_tokens=``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    target = AutoModelForCausalLM.from_pretrained(target_folder, dtype=torch.float32).eval()
+    draft = None
+    if draft_folder is not None:
+        draft = AutoModelForCausalLM.from_pretrained(draft_folder, dtype=torch.float32).eval()
+
+    def make(**options):
+        @torch.inference_mode()
+        def generate(prompt: list[int], max_new: int) -> int:
+            ids = torch.tensor([prompt])
+            out = target.generate(ids, max_new_tokens=max_new, do_sample=False, **options)
+            return int(out.shape[1] - ids.shape[1])
+
+        return generate
+
+    peers = [TimedPeer("transformers", make())]
+    if draft is not None:
+        peers.append(TimedPeer("transformers:assisted", make(assistant_model=draft)))
+    peers.append(TimedPeer(f"transformers:lookup{lookup}", make(prompt_lookup_num_tokens=lookup)))
+    notes = [] if draft is not None else ["transformers:assisted skipped: no draft model"]
+    return peers, notes

@@ -1,0 +1,209 @@
+"""From raw runs to what people read: per-method, per-category metrics (medians across
+repeats, with their spread), the losslessness check, report.md, results.json and plots."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from adaspec.bench.methods import Run
+
+OVERALL = "overall"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One method on one category (or overall): tokens/s per repeat, then summaries."""
+
+    tokens_per_s: float  # median over repeats of (sum tokens / sum time)
+    spread: tuple[float, float]  # min and max over repeats
+    mean_accepted: float | None  # new tokens per target forward
+    acceptance_rate: float | None
+    forwards_per_token: float | None
+    draft_share: float | None  # share of wall time spent drafting
+    verify_share: float | None
+    peak_rss_mb: float
+
+
+def cell(runs: Sequence[Run]) -> Cell:
+    by_repeat: dict[int, list[Run]] = defaultdict(list)
+    for run in runs:
+        by_repeat[run.repeat].append(run)
+    rates = [sum(r.new_tokens for r in rs) / sum(r.wall_s for r in rs) for rs in by_repeat.values()]
+    tokens = sum(r.new_tokens for r in runs)
+    wall = sum(r.wall_s for r in runs)
+    forwards = _total(runs, "target_forwards")
+    drafted, accepted = _total(runs, "drafted"), _total(runs, "accepted")
+    return Cell(
+        tokens_per_s=statistics.median(rates),
+        spread=(min(rates), max(rates)),
+        mean_accepted=tokens / forwards if forwards else None,
+        acceptance_rate=accepted / drafted if drafted else (0.0 if drafted == 0 else None),
+        forwards_per_token=forwards / tokens if forwards and tokens else None,
+        draft_share=_share(runs, "draft_s", wall),
+        verify_share=_share(runs, "verify_s", wall),
+        peak_rss_mb=max(r.peak_rss_mb for r in runs),
+    )
+
+
+def _total(runs: Sequence[Run], name: str) -> int | None:
+    values = [getattr(r, name) for r in runs]
+    return None if any(v is None for v in values) else sum(values)
+
+
+def _share(runs: Sequence[Run], name: str, wall: float) -> float | None:
+    total = _total(runs, name)
+    return total / wall if total is not None and wall > 0 else None
+
+
+def table(runs: Sequence[Run]) -> dict[str, dict[str, Cell]]:
+    """method -> category (and "overall") -> Cell, methods and categories in run order."""
+    methods = list(dict.fromkeys(r.method for r in runs))
+    categories = list(dict.fromkeys(r.category for r in runs))
+    out: dict[str, dict[str, Cell]] = {}
+    for method in methods:
+        mine = [r for r in runs if r.method == method]
+        out[method] = {c: cell([r for r in mine if r.category == c]) for c in categories}
+        out[method][OVERALL] = cell(mine)
+    return out
+
+
+def mismatches(runs: Sequence[Run], baseline: str) -> list[str]:
+    """Every adaspec run whose token ids differ from the baseline's on the same question:
+    lengths included, so a truncated output cannot hide behind zip()."""
+    want = {(r.question_id, r.repeat): r.token_ids for r in runs if r.method == baseline}
+    problems = []
+    for run in runs:
+        if run.method == baseline or run.token_ids is None:
+            continue
+        expected = want.get((run.question_id, run.repeat))
+        if expected is not None and run.token_ids != expected:
+            first = next(
+                (
+                    i
+                    for i, (a, b) in enumerate(zip(run.token_ids, expected, strict=False))
+                    if a != b
+                ),
+                min(len(run.token_ids), len(expected)),
+            )
+            problems.append(
+                f"{run.method} on question {run.question_id} (repeat {run.repeat}): "
+                f"differs from {baseline} at token {first} "
+                f"({len(run.token_ids)} vs {len(expected)} tokens)"
+            )
+    return problems
+
+
+def markdown(
+    cells: dict[str, dict[str, Cell]],
+    baseline: str,
+    peers: Sequence[str],
+    problems: Sequence[str],
+    header: str,
+) -> str:
+    categories = [c for c in next(iter(cells.values())) if c != OVERALL]
+    fastest_peer = max(peers, key=lambda p: cells[p][OVERALL].tokens_per_s) if peers else None
+    base = cells[baseline]
+    lines = [header, "", "## Speedup over adaspec autoregressive (`" + baseline + "`)", ""]
+    lines.append("| method | " + " | ".join(categories) + " | overall | mean accepted |")
+    lines.append("|---" * (len(categories) + 3) + "|")
+    for method, row in cells.items():
+        speedups = [
+            f"{row[c].tokens_per_s / base[c].tokens_per_s:.2f}×" for c in [*categories, OVERALL]
+        ]
+        accepted = row[OVERALL].mean_accepted
+        lines.append(
+            f"| {method} | " + " | ".join(speedups) + f" | {accepted:.2f} |"
+            if accepted is not None
+            else f"| {method} | " + " | ".join(speedups) + " | – |"
+        )
+    lines += ["", "## Overall, per method", ""]
+    lines.append(
+        "| method | tokens/s (min–max) | vs baseline | vs fastest peer | acceptance | "
+        "forwards/token | draft share | verify share | peak RSS (MB) |"
+    )
+    lines.append("|---" * 9 + "|")
+    for method, row in cells.items():
+        c = row[OVERALL]
+        vs_peer = (
+            f"{c.tokens_per_s / cells[fastest_peer][OVERALL].tokens_per_s:.2f}×"
+            if fastest_peer
+            else "–"
+        )
+        lines.append(
+            f"| {method} | {c.tokens_per_s:.2f} ({c.spread[0]:.2f}–{c.spread[1]:.2f}) | "
+            f"{c.tokens_per_s / base[OVERALL].tokens_per_s:.2f}× | {vs_peer} | "
+            f"{_pct(c.acceptance_rate)} | {_num(c.forwards_per_token)} | {_pct(c.draft_share)} | "
+            f"{_pct(c.verify_share)} | {c.peak_rss_mb:.0f} |"
+        )
+    lines += ["", "## Losslessness check", ""]
+    if problems:
+        lines += [f"**FAILED: {len(problems)} run(s) differ from `{baseline}`**", ""]
+        lines += [f"- {p}" for p in problems]
+    else:
+        lines.append(f"Every adaspec method produced exactly the token ids of `{baseline}`.")
+    if fastest_peer:
+        lines += ["", f"Fastest peer overall: `{fastest_peer}`."]
+    return "\n".join(lines) + "\n"
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0%}"
+
+
+def _num(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def write_results(path: Path, runs: Sequence[Run], meta: dict) -> None:
+    path.write_text(json.dumps({"meta": meta, "runs": [asdict(r) for r in runs]}, indent=1))
+
+
+def plots(
+    out_dir: Path, cells: dict[str, dict[str, Cell]], runs: Sequence[Run], baseline: str
+) -> list[Path]:
+    """speedup.png (per category per method) and accepted.png (accepted tokens per step)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    categories = [c for c in next(iter(cells.values()))]
+    methods = list(cells)
+    width = 0.8 / len(methods)
+    fig, ax = plt.subplots(figsize=(max(8, len(categories) * 0.9), 4.5))
+    for i, method in enumerate(methods):
+        values = [
+            cells[method][c].tokens_per_s / cells[baseline][c].tokens_per_s for c in categories
+        ]
+        ax.bar([x + i * width for x in range(len(categories))], values, width, label=method)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks(
+        [x + 0.4 - width / 2 for x in range(len(categories))], categories, rotation=30, ha="right"
+    )
+    ax.set_ylabel(f"speedup over {baseline}")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    speedup = out_dir / "speedup.png"
+    fig.savefig(speedup, dpi=110)
+    plt.close(fig)
+
+    steps = {m: [a for r in runs if r.method == m for a in r.accepted_per_step] for m in methods}
+    steps = {m: s for m, s in steps.items() if any(s)}
+    fig, ax = plt.subplots(figsize=(7, 4))
+    top = max((max(s) for s in steps.values()), default=1)
+    for method, accepted in steps.items():
+        ax.hist(accepted, bins=range(top + 2), alpha=0.5, label=method, density=True)
+    ax.set_xlabel("draft tokens accepted per target forward")
+    ax.set_ylabel("share of steps")
+    if steps:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    accepted_png = out_dir / "accepted.png"
+    fig.savefig(accepted_png, dpi=110)
+    plt.close(fig)
+    return [speedup, accepted_png]

@@ -1,0 +1,139 @@
+"""The bench harness end to end on tiny models and a 3-question file."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from adaspec.bench import report
+from adaspec.bench.harness import BenchOptions, run_bench
+from adaspec.bench.methods import AdaspecMethod, Run
+from adaspec.bench.questions import load_questions, select
+from adaspec.cli import app
+from adaspec.errors import ConfigError
+
+QUESTIONS = [
+    {"question_id": 1, "category": "coding", "turns": ["def add(a, b):", "more"]},
+    {"question_id": 2, "category": "qa", "turns": ["The quick brown fox jumps over"]},
+    {"question_id": 3, "category": "summarization", "turns": ["Summarize the following article."]},
+]
+
+
+@pytest.fixture
+def questions(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text("\n".join(json.dumps(q) for q in QUESTIONS))
+    return path
+
+
+def options(questions, model_dir, draft_dir, out, **kw) -> BenchOptions:
+    base = dict(
+        questions=questions,
+        target=str(model_dir),
+        draft=str(draft_dir),
+        methods=["none", "ngram:heuristic", "model:fixed"],
+        max_new_tokens=12,
+        repeats=2,
+        out=out,
+    )
+    return BenchOptions(**{**base, **kw})
+
+
+def test_bench_end_to_end(questions, model_dir, draft_dir, tmp_path):
+    out = tmp_path / "bench"
+    outcome = run_bench(options(questions, model_dir, draft_dir, out))
+    assert outcome.problems == []
+    for name in ("report.md", "results.json", "speedup.png", "accepted.png", "runs.jsonl"):
+        assert (out / name).stat().st_size > 0, name
+    results = json.loads((out / "results.json").read_text())
+    methods = {r["method"] for r in results["runs"]}
+    assert {"none", "ngram:heuristic", "model:fixed", "transformers"} <= methods
+    assert len(results["runs"]) == 3 * 2 * len(methods)  # questions x repeats x methods
+    assert results["meta"]["versions"]["torch"]
+    text = (out / "report.md").read_text()
+    assert "| model:fixed |" in text and "summarization" in text
+    assert "Every adaspec method produced exactly the token ids" in text
+
+
+def test_resume_skips_finished_runs(questions, model_dir, draft_dir, tmp_path):
+    out = tmp_path / "bench"
+    run_bench(options(questions, model_dir, draft_dir, out, peers=False, repeats=1))
+    lines = (out / "runs.jsonl").read_text().splitlines()
+    (out / "runs.jsonl").write_text("\n".join(lines[:4]) + "\n")  # an interrupted run
+    ticks = []
+    run_bench(
+        options(questions, model_dir, draft_dir, out, peers=False, repeats=1, resume=True),
+        ticks.append,
+    )
+    assert ticks[0].total == len(lines) - 4
+    assert len((out / "runs.jsonl").read_text().splitlines()) == len(lines)
+
+
+def test_correctness_check_catches_a_wrong_method(
+    questions, model_dir, draft_dir, tmp_path, monkeypatch
+):
+    real_run = AdaspecMethod.run
+
+    def corrupted(self, prompt, max_new):
+        fields = real_run(self, prompt, max_new)
+        if self.name == "ngram:heuristic":
+            fields["token_ids"] = fields["token_ids"][:-1]  # a truncated output
+        return fields
+
+    monkeypatch.setattr(AdaspecMethod, "run", corrupted)
+    args = [
+        "bench",
+        "--questions",
+        str(questions),
+        "--target",
+        str(model_dir),
+        "--draft",
+        str(draft_dir),
+        "--methods",
+        "ngram:heuristic",
+        "--max-new-tokens",
+        "8",
+        "--no-peers",
+        "--out",
+        str(tmp_path / "b"),
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1
+    assert "differ from plain decoding" in result.stderr
+    assert "FAILED" in (tmp_path / "b" / "report.md").read_text()
+
+
+def test_mismatch_names_the_first_differing_token():
+    def run(method, ids):
+        return Run(method, 7, "qa", 0, len(ids), 1.0, token_ids=ids)
+
+    problems = report.mismatches(
+        [run("none", [1, 2, 3]), run("x", [1, 2, 4]), run("y", [1, 2, 3])], "none"
+    )
+    assert problems == ["x on question 7 (repeat 0): differs from none at token 2 (3 vs 3 tokens)"]
+
+
+def test_question_file_errors(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question_id": 1}\n')
+    with pytest.raises(ConfigError, match=r"bad\.jsonl:1"):
+        load_questions(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        load_questions(tmp_path / "missing.jsonl")
+
+
+def test_select_per_category(questions):
+    chosen = select(load_questions(questions), ["qa", "coding"], 1)
+    assert [q.question_id for q in chosen] == [2, 1]
+    with pytest.raises(ConfigError, match="unknown categories"):
+        select(load_questions(questions), ["poetry"], 1)
+
+
+def test_shipped_spec_bench_questions():
+    from adaspec.bench.questions import default_questions_path
+
+    questions = load_questions(default_questions_path())
+    assert len(questions) == 480
+    assert len(select(questions, None, 2)) == 26  # 13 categories
