@@ -16,7 +16,9 @@ from rich.table import Table
 from adaspec import models
 from adaspec.api import encode_prompt, load
 from adaspec.config import GenerationConfig, SamplingParams
+from adaspec.engine import Engine
 from adaspec.errors import AdaspecError
+from adaspec.textstream import TextStream
 
 app = typer.Typer(
     help="Adaptive, lossless speculative decoding: faster generation, identical output.",
@@ -99,15 +101,13 @@ def generate(
     _stream(engine, ids, config)
 
 
-def _stream(engine, ids: list[int], config: GenerationConfig) -> None:
-    from adaspec.textstream import TextStream
-
+def _stream(engine: Engine, ids: list[int], config: GenerationConfig) -> None:
     generation = engine.stream(ids, config)
     text = TextStream(engine.target.tokenizer)
     for new in generation:
         sys.stdout.write(text.push(new))
         sys.stdout.flush()
-    sys.stdout.write("\n")
+    sys.stdout.write(text.flush() + "\n")
     s = generation.stats.summary()
     err.print(
         f"[dim]{s['new_tokens']} tokens in {s['wall_s']:.2f} s ({s['tokens_per_s']:.2f} tok/s) · "

@@ -25,3 +25,9 @@ class TextStream:
             return ""  # an unfinished UTF-8 sequence: wait for the next token
         delta, self.sent = text[self.sent :], len(text)
         return delta
+
+    def flush(self) -> str:
+        """Whatever is still held back when generation ends (a truly invalid byte sequence)."""
+        text = self.tokenizer.decode(self.ids)
+        delta, self.sent = text[self.sent :], len(text)
+        return delta

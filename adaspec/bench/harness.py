@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from adaspec.api import choose_backend, encode_prompt, load_backend
+from adaspec.api import encode_prompt, load_backend
 from adaspec.bench import peers as peer_factories
 from adaspec.bench import report
 from adaspec.bench.methods import AdaspecMethod, Method
@@ -161,6 +161,3 @@ def check_methods(specs: Sequence[str]) -> None:
         AdaspecMethod.parse(spec)
     if not specs:
         raise ConfigError("--methods is empty; give e.g. none,ngram:heuristic")
-
-
-__all__ = ["BenchOptions", "BenchOutcome", "check_methods", "choose_backend", "run_bench"]
