@@ -42,7 +42,7 @@ def cell(runs: Sequence[Run]) -> Cell:
         tokens_per_s=statistics.median(rates),
         spread=(min(rates), max(rates)),
         mean_accepted=tokens / forwards if forwards else None,
-        acceptance_rate=accepted / drafted if drafted else (0.0 if drafted == 0 else None),
+        acceptance_rate=accepted / drafted if drafted else None,  # nothing drafted: no rate
         forwards_per_token=forwards / tokens if forwards and tokens else None,
         draft_share=_share(runs, "draft_s", wall),
         verify_share=_share(runs, "verify_s", wall),
@@ -186,7 +186,7 @@ def plots(
         [x + 0.4 - width / 2 for x in range(len(categories))], categories, rotation=30, ha="right"
     )
     ax.set_ylabel(f"speedup over {baseline}")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside, not on, the bars
     fig.tight_layout()
     speedup = out_dir / "speedup.png"
     fig.savefig(speedup, dpi=110)
