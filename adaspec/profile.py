@@ -72,6 +72,9 @@ def measure(
     low, high = min(1000, backend.vocab_size // 2), min(backend.vocab_size, 30000)  # plain words
     tokens = [rng.randrange(low, high) for _ in range(max(contexts))]
     table, spread = [], []
+    backend.reset()  # warm-up of the whole model (page cache, allocators) before any timing
+    backend.prefill(tokens[: min(contexts)])
+    backend.forward(tokens[: max(ks)])
     for context in contexts:
         backend.reset()
         backend.prefill(tokens[:context])
