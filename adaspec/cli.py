@@ -15,6 +15,7 @@ from rich.table import Table
 
 from adaspec import models
 from adaspec.api import encode_prompt, load
+from adaspec.bench.harness import DEFAULT_METHODS
 from adaspec.config import GenerationConfig, SamplingParams
 from adaspec.engine import Engine
 from adaspec.errors import AdaspecError
@@ -183,7 +184,7 @@ def bench(
     max_new_tokens: Annotated[int, typer.Option(help="Most new tokens per question.")] = 64,
     methods: Annotated[
         str, typer.Option(help="adaspec drafter[:policy] list; `none` is always the baseline.")
-    ] = "none,ngram:heuristic,model:confidence",
+    ] = ",".join(DEFAULT_METHODS),
     peers: Annotated[bool, typer.Option(help="Also measure the peer libraries.")] = True,
     backend: Annotated[str, typer.Option(help="auto | llama.cpp | torch")] = "auto",
     target: Annotated[str, typer.Option(help="Target model.")] = models.DEFAULT_TARGET,

@@ -79,7 +79,7 @@ class TorchBackend:
         path = Path(path)
         device = device or default_device()
         torch_dtype = _dtype(dtype, device)
-        folder = converted_gguf_folder(path) if path.suffix == ".gguf" else _check_folder(path)
+        folder = hf_folder(path)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype).to(device)
         tokenizer = HFTokenizer(AutoTokenizer.from_pretrained(folder))
         return cls(model, tokenizer, label=str(path))
@@ -157,6 +157,11 @@ def _check_folder(path: Path) -> Path:
             f"{path} is neither a .gguf file nor a Hugging Face model folder (no config.json)"
         )
     return path
+
+
+def hf_folder(path: Path) -> Path:
+    """The Hugging Face folder to load: a GGUF file's converted copy, or the folder itself."""
+    return converted_gguf_folder(path) if path.suffix == ".gguf" else _check_folder(path)
 
 
 def converted_gguf_folder(gguf: Path) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -43,8 +43,7 @@ class BenchOptions:
 class BenchOutcome:
     report_path: Path
     problems: list[str]
-    notes: list[str] = field(default_factory=list)
-    markdown: str = ""
+    markdown: str
 
 
 def run_bench(
@@ -80,23 +79,17 @@ def run_bench(
     text = report.markdown(cells, BASELINE, [p.name for p in peers], problems, _header(meta, notes))
     path = options.out / "report.md"
     path.write_text(text)
-    return BenchOutcome(path, problems, notes, text)
+    return BenchOutcome(path, problems, text)
 
 
 def _peers(options: BenchOptions, target) -> tuple[list[Method], list[str]]:
     target_path = resolve_model(options.target)
     if target.name == "llama.cpp":
         return peer_factories.llama_cpp_peers(target_path, target.threads, target.context_length)
-    from adaspec.backends.torch_hf import converted_gguf_folder
+    from adaspec.backends.torch_hf import hf_folder
 
-    folder = converted_gguf_folder(target_path) if target_path.suffix == ".gguf" else target_path
-    draft_folder = None
-    if options.draft:
-        draft_path = resolve_model(options.draft)
-        draft_folder = (
-            converted_gguf_folder(draft_path) if draft_path.suffix == ".gguf" else draft_path
-        )
-    return peer_factories.transformers_peers(folder, draft_folder)
+    draft_folder = hf_folder(resolve_model(options.draft)) if options.draft else None
+    return peer_factories.transformers_peers(hf_folder(target_path), draft_folder)
 
 
 def _meta(options: BenchOptions, target, n_questions: int, notes: list[str]) -> dict:

@@ -39,14 +39,9 @@ class Run:
     accepted_per_step: list[int] = field(default_factory=list)
     peak_rss_mb: float = 0.0  # the process's peak resident memory after this run
 
-    @property
-    def tokens_per_s(self) -> float:
-        return self.new_tokens / self.wall_s if self.wall_s > 0 else 0.0
-
 
 class Method(Protocol):
     name: str
-    is_peer: bool
 
     def run(self, prompt: list[int], max_new_tokens: int) -> dict:
         """Generate greedily; return the Run fields it knows (new_tokens, wall_s, ...)."""
@@ -59,8 +54,6 @@ def peak_rss_mb() -> float:
 
 class AdaspecMethod:
     """``drafter[:policy]`` through the adaspec engine, e.g. ``none``, ``ngram:heuristic``."""
-
-    is_peer = False
 
     def __init__(self, spec: str, target: Backend, draft: Backend | None, k: int = 4) -> None:
         drafter_cls, policy_cls = self.parse(spec)
@@ -101,7 +94,6 @@ class TimedPeer:
 
     name: str
     generate: Callable[[list[int], int], int]  # (prompt ids, max new) -> new tokens made
-    is_peer: bool = True
 
     def run(self, prompt: list[int], max_new_tokens: int) -> dict:
         started = perf_counter()
