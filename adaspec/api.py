@@ -56,16 +56,12 @@ def encode_prompt(tokenizer: Tokenizer | None, text: str, chat: bool) -> list[in
     return tokenizer.encode(text)
 
 
-def default_drafter(draft: str | Path | None) -> str:
-    return "model" if draft is not None else "ngram"
-
-
 def load(
     target: str | Path = DEFAULT_TARGET,
     draft: str | Path | None = None,
-    drafter: str | None = None,
-    policy: str = "heuristic",
-    k: int = 4,
+    drafter: str = "auto",
+    policy: str = "goodput",
+    k: int | None = None,
     backend: str = "auto",
     draft_backend: str | None = None,
     device: str | None = None,
@@ -74,18 +70,20 @@ def load(
 ) -> Engine:
     """An Engine for a target (and optional draft model) given by name or path.
 
-    With the default target and no draft named, the default draft model is used. The
-    drafter defaults to ``model`` when there is a draft model and ``ngram`` otherwise.
+    The default, ``auto`` drafter with the ``goodput`` policy, picks among the drafters
+    available (the draft model's only when one is named) and speculates only as much as
+    pays. ``drafter="model"`` with the default target and no draft named uses the default
+    draft model. ``k`` is the policy's draft-length knob (None: the policy's default).
     """
-    if draft is None and str(target) == DEFAULT_TARGET and drafter in (None, "model"):
+    if draft is None and str(target) == DEFAULT_TARGET and drafter == "model":
         draft = DEFAULT_DRAFT
-    drafter = drafter or default_drafter(draft)
     drafter_cls = DRAFTERS.get(drafter)
-    policy_obj = POLICIES.get(policy)(k=k)
+    policy_cls = POLICIES.get(policy)
     if drafter_cls.needs_draft_model and draft is None:
         raise ConfigError(f"drafter {drafter!r} needs a draft model: pass --draft NAME_OR_PATH")
     target_backend = load_backend(target, backend, device, dtype, threads)
     draft_model = None
-    if drafter_cls.needs_draft_model:
+    if draft is not None:  # named, or the default pair's for the model drafter
         draft_model = load_backend(draft, draft_backend or backend, device, dtype, threads)
-    return Engine(target_backend, drafter_cls.create(target_backend, draft_model), policy_obj)
+    drafter_obj = drafter_cls.create(target_backend, draft_model)
+    return Engine(target_backend, drafter_obj, policy_cls.create(k, target_backend))

@@ -55,7 +55,9 @@ def generate(
     ),
     draft: Annotated[
         str | None,
-        typer.Option(help="Draft model (default: qwen2.5-coder-0.5b for the default target)."),
+        typer.Option(
+            help="Draft model (--drafter model with the default target: qwen2.5-coder-0.5b)."
+        ),
     ] = None,
     backend: Annotated[
         str,
@@ -65,13 +67,27 @@ def generate(
         str | None, typer.Option(help="Backend of the draft model (default: as --backend).")
     ] = None,
     drafter: Annotated[
-        str | None,
-        typer.Option(help="none | model | ngram (default: model with a draft model, else ngram)."),
-    ] = None,
-    policy: Annotated[str, typer.Option(help="fixed | heuristic | confidence")] = "heuristic",
+        str,
+        typer.Option(
+            help="auto (a bandit over the drafters available; the draft model's only with "
+            "--draft) | ngram | model | none."
+        ),
+    ] = "auto",
+    policy: Annotated[
+        str,
+        typer.Option(
+            help="goodput (speculate only as much as pays on this machine) | confidence | "
+            "heuristic | fixed."
+        ),
+    ] = "goodput",
     k: Annotated[
-        int, typer.Option("--k", help="Draft length (initial for heuristic, max for confidence).")
-    ] = 4,
+        int | None,
+        typer.Option(
+            "--k",
+            help="Draft length: most per step for goodput and confidence (8), initial for "
+            "heuristic (4), exact for fixed (4).",
+        ),
+    ] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Most tokens to generate.")] = 256,
     temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
     top_k: Annotated[int, typer.Option(help="0 = off.")] = 0,
@@ -189,7 +205,9 @@ def bench(
     backend: Annotated[str, typer.Option(help="auto | llama.cpp | torch")] = "auto",
     target: Annotated[str, typer.Option(help="Target model.")] = models.DEFAULT_TARGET,
     draft: Annotated[str, typer.Option(help="Draft model.")] = models.DEFAULT_DRAFT,
-    k: Annotated[int, typer.Option("--k", help="Draft length parameter of the policies.")] = 4,
+    k: Annotated[
+        int | None, typer.Option("--k", help="Draft length knob of the policies (their default).")
+    ] = None,
     repeats: Annotated[int, typer.Option(help="Timed repeats per question and method.")] = 1,
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: all cores).")] = None,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("bench-out"),

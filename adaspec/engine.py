@@ -1,4 +1,5 @@
-"""The decode loop: prefill, then (policy -> drafter -> target forward -> verify -> commit)*.
+"""The decode loop: prefill, then (policy budget -> drafter -> policy trim -> target forward
+-> verify -> commit)*.
 
 ``Engine.stream()`` is the only implementation of the loop; ``generate()`` drains it, so the
 streaming and non-streaming paths cannot drift apart.
@@ -119,7 +120,8 @@ class Engine:
         room = config.max_new_tokens - state.generated - 1  # the step adds one token itself
         budget = self.policy.budget(state).capped(room)
         t0 = perf_counter()
-        draft = self.drafter.propose(state, budget) if budget.max_tokens else Draft()
+        proposal = self.drafter.propose(state, budget) if budget.allows_drafting else Draft()
+        draft = proposal.prefix(self.policy.trim(proposal))
         t1 = perf_counter()
         logits = self.target.forward([state.tokens[-1], *draft.tokens])  # [k + 1, vocab]
         verdict = verify(logits, draft.tokens, draft.probs, state.sampling, state.generator)
@@ -127,7 +129,16 @@ class Engine:
         t2 = perf_counter()
         new = _cut_after_eos(verdict.tokens, self.target.eos_token_ids, config.stop_at_eos)
         state.tokens.extend(new)
-        outcome = StepOutcome(len(draft.tokens), verdict.n_accepted, len(new), t1 - t0, t2 - t1)
+        outcome = StepOutcome(
+            drafted=len(draft.tokens),
+            accepted=verdict.n_accepted,
+            emitted=len(new),
+            draft_s=t1 - t0,
+            verify_s=t2 - t1,
+            drafter=proposal.source,
+            proposed=len(proposal.tokens),
+            confidences=tuple(draft.confidences),
+        )
         self.policy.observe(outcome)
         self.drafter.observe(outcome)
         return new, outcome

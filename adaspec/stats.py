@@ -18,6 +18,9 @@ class StepOutcome:
     emitted: int  # tokens appended to the output (accepted + 1, fewer at EOS/length)
     draft_s: float
     verify_s: float
+    drafter: str = ""  # which drafter proposed the draft ("" when there was none)
+    proposed: int = 0  # tokens the drafter produced; the policy verified ``drafted`` of them
+    confidences: tuple[float, ...] = ()  # the drafter's estimates for the verified tokens
 
 
 @dataclass
@@ -62,3 +65,11 @@ class GenerationStats:
 
     def to_dict(self) -> dict:
         return {"summary": self.summary(), "steps": [asdict(s) for s in self.steps]}
+
+    def drafters_used(self) -> dict[str, int]:
+        """Steps per drafter that proposed something (the auto drafter switches between them)."""
+        counts: dict[str, int] = {}
+        for step in self.steps:
+            if step.drafter:
+                counts[step.drafter] = counts.get(step.drafter, 0) + 1
+        return counts

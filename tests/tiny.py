@@ -14,12 +14,14 @@ from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from adaspec.backends.torch_hf import TorchBackend
 from adaspec.config import GenerationConfig
+from adaspec.drafters.auto import AutoDrafter
 from adaspec.drafters.model import ModelDrafter
 from adaspec.drafters.ngram import NgramDrafter
 from adaspec.drafters.none import NoDrafter
 from adaspec.engine import Engine
 from adaspec.policies.confidence import ConfidencePolicy
 from adaspec.policies.fixed import FixedPolicy
+from adaspec.policies.goodput import GoodputPolicy
 from adaspec.policies.heuristic import HeuristicPolicy
 
 CHAT_TEMPLATE = (
@@ -90,6 +92,12 @@ DRAFTERS = {
         backend(perturbed(target.model, 0.3)), target.vocab_size
     ),
     "model-other": lambda target: ModelDrafter(backend(tiny_model(seed=7)), target.vocab_size),
+    "auto": lambda target: AutoDrafter(
+        {
+            "ngram": NgramDrafter(),
+            "model": ModelDrafter(backend(perturbed(target.model, 0.3)), target.vocab_size),
+        }
+    ),
 }
 POLICIES = {
     "fixed-1": lambda: FixedPolicy(1),
@@ -98,6 +106,7 @@ POLICIES = {
     "heuristic": lambda: HeuristicPolicy(2),
     "confidence": lambda: ConfidencePolicy(6, threshold=0.4),
     "confidence-low": lambda: ConfidencePolicy(6, threshold=0.05),
+    "goodput": lambda: GoodputPolicy(6),
 }
 
 

@@ -18,7 +18,7 @@ from adaspec.errors import ConfigError
 from adaspec.models import DEFAULT_DRAFT, DEFAULT_TARGET, NAMED_MODELS, resolve_model
 
 BASELINE = "none"
-DEFAULT_METHODS = ("none", "ngram:heuristic", "model:confidence")
+DEFAULT_METHODS = ("none", "ngram:heuristic", "model:confidence", "auto:goodput")
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class BenchOptions:
     methods: Sequence[str] = DEFAULT_METHODS
     peers: bool = True
     repeats: int = 1
-    k: int = 4
+    k: int | None = None
     threads: int | None = None
     out: Path = Path("bench-out")
     resume: bool = False

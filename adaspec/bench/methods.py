@@ -53,20 +53,25 @@ def peak_rss_mb() -> float:
 
 
 class AdaspecMethod:
-    """``drafter[:policy]`` through the adaspec engine, e.g. ``none``, ``ngram:heuristic``."""
+    """``drafter[:policy]`` through the adaspec engine, e.g. ``none``, ``ngram:heuristic``
+    (the policy defaults to goodput). Only drafters that need the draft model get it, so
+    ``auto`` is measured model-free, as ``adaspec generate`` runs it with no --draft."""
 
-    def __init__(self, spec: str, target: Backend, draft: Backend | None, k: int = 4) -> None:
+    def __init__(
+        self, spec: str, target: Backend, draft: Backend | None, k: int | None = None
+    ) -> None:
         drafter_cls, policy_cls = self.parse(spec)
         if drafter_cls.needs_draft_model and draft is None:
             raise ConfigError(f"method {spec!r} needs a draft model: pass --draft")
         self.name = spec
-        self.engine = Engine(target, drafter_cls.create(target, draft), policy_cls(k=k))
+        drafter = drafter_cls.create(target, draft if drafter_cls.needs_draft_model else None)
+        self.engine = Engine(target, drafter, policy_cls.create(k, target))
 
     @staticmethod
     def parse(spec: str) -> tuple[type, type]:
         """``drafter[:policy]`` to its classes; unknown names raise a ConfigError."""
         drafter, _, policy = spec.partition(":")
-        return DRAFTERS.get(drafter), POLICIES.get(policy or "fixed")
+        return DRAFTERS.get(drafter), POLICIES.get(policy or "goodput")
 
     @classmethod
     def needs_draft(cls, spec: str) -> bool:

@@ -23,6 +23,14 @@ class Draft:
     tokens: list[int] = field(default_factory=list)  # [k]
     probs: torch.Tensor | None = None  # [k, vocab] q rows tokens were drawn from; None = one-hot
     confidences: list[float] = field(default_factory=list)  # [k] drafter's P(accepted) estimate
+    source: str = ""  # the drafter that proposed it, so policies can learn per drafter
+
+    def prefix(self, n: int) -> Draft:
+        """The first n tokens (a policy may verify less than was drafted)."""
+        if n >= len(self.tokens):
+            return self
+        probs = self.probs[:n] if self.probs is not None else None
+        return Draft(self.tokens[:n], probs, self.confidences[:n], self.source)
 
 
 @runtime_checkable

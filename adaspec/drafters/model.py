@@ -1,9 +1,9 @@
 """A small draft language model with the target's vocabulary, drafting one token per pass.
 
 Its KV cache is kept in step with the committed text lazily: before drafting, positions the
-target rejected are rolled back and the tokens the draft has not seen yet (the accepted
-tail, the target's recovered or bonus token) are fed in one pass, which also yields the
-distribution of the first draft token.
+target rejected are rolled back and the tokens the draft has not seen yet (the prompt on the
+first proposal, then the accepted tail and the target's recovered or bonus token) are fed in
+one pass, which also yields the distribution of the first draft token.
 """
 
 from __future__ import annotations
@@ -39,13 +39,14 @@ class ModelDrafter:
         return cls(draft, target.vocab_size)
 
     def start(self, state: DecodeState) -> None:
+        """The prompt is fed on the first proposal: a drafter the auto drafter never picks
+        costs nothing."""
         self.backend.reset()
-        self.backend.prefill(state.tokens[:-1])
-        self._fed = list(state.tokens[:-1])
+        self._fed = []
 
     def propose(self, state: DecodeState, budget: Budget) -> Draft:
         if budget.max_tokens == 0:
-            return Draft()
+            return Draft(source="model")
         logits = self._catch_up(state.tokens)  # [vocab]
         tokens: list[int] = []
         rows: list[torch.Tensor] = []
@@ -63,7 +64,7 @@ class ModelDrafter:
                 break
             logits = self._feed([token])
         probs = torch.stack(rows) if rows and not state.sampling.greedy else None  # [k, vocab]
-        return Draft(tokens, probs, confidences)
+        return Draft(tokens, probs, confidences, "model")
 
     def observe(self, outcome: StepOutcome) -> None:
         pass  # the cache is re-synchronised from the committed tokens in propose()

@@ -22,15 +22,22 @@ from adaspec.stats import StepOutcome
 def prompt_lookup(
     tokens: Sequence[int], k: int, max_ngram: int = 3, min_ngram: int = 1
 ) -> list[int]:
+    return prompt_lookup_match(tokens, k, max_ngram, min_ngram)[0]
+
+
+def prompt_lookup_match(
+    tokens: Sequence[int], k: int, max_ngram: int = 3, min_ngram: int = 1
+) -> tuple[list[int], int]:
     """Up to k tokens continuing ``tokens``, by the longest suffix n-gram (max_ngram down to
     min_ngram) that occurred earlier; the most recent earlier occurrence wins.
 
     Invariant: a match at start s has s + n <= len(tokens) - 1, so at least one real
     continuation token exists. The continuation is copied LZ77-style (it may run into the
     text it is producing), so a repeating pattern yields a full k tokens.
+    ``prompt_lookup_match`` also returns the length of the matched n-gram (0: no match).
     """
     if k <= 0:
-        return []
+        return [], 0
     seq = np.asarray(tokens, dtype=np.int64)
     for n in range(max_ngram, min_ngram - 1, -1):
         if len(seq) <= n:
@@ -38,8 +45,8 @@ def prompt_lookup(
         windows = sliding_window_view(seq[:-1], n)  # [len - n, n]: starts 0 .. len-1-n
         hits = np.flatnonzero((windows == seq[-n:]).all(axis=1))
         if hits.size:
-            return _copy(seq.tolist(), int(hits[-1]) + n, k)
-    return []
+            return _copy(seq.tolist(), int(hits[-1]) + n, k), n
+    return [], 0
 
 
 def _copy(seq: list[int], source: int, k: int) -> list[int]:
@@ -51,11 +58,17 @@ def _copy(seq: list[int], source: int, k: int) -> list[int]:
     return out
 
 
+def match_confidence(n: int) -> float:
+    """A raw confidence that grows with the matched n-gram's length (1: 0.5, 4: 0.875): a
+    longer shared context makes a copy likelier right; policies calibrate it online."""
+    return 1.0 - 0.5 / n if n else 0.0
+
+
 @DRAFTERS.register("ngram")
 class NgramDrafter:
     needs_draft_model: ClassVar[bool] = False
 
-    def __init__(self, max_ngram: int = 3, min_ngram: int = 1) -> None:
+    def __init__(self, max_ngram: int = 6, min_ngram: int = 1) -> None:
         self.max_ngram = max_ngram
         self.min_ngram = min_ngram
 
@@ -67,8 +80,10 @@ class NgramDrafter:
         pass
 
     def propose(self, state: DecodeState, budget: Budget) -> Draft:
-        tokens = prompt_lookup(state.tokens, budget.max_tokens, self.max_ngram, self.min_ngram)
-        return Draft(tokens, None, [1.0] * len(tokens))
+        tokens, n = prompt_lookup_match(
+            state.tokens, budget.max_tokens, self.max_ngram, self.min_ngram
+        )
+        return Draft(tokens, None, [match_confidence(n)] * len(tokens), "ngram")
 
     def observe(self, outcome: StepOutcome) -> None:
         pass

@@ -6,13 +6,18 @@ drafter a Budget, the drafter fills at most that much, and both see the step's o
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Protocol, runtime_checkable
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from adaspec.backends.base import Backend
 from adaspec.errors import ConfigError
 from adaspec.registry import Registry
 from adaspec.state import DecodeState
 from adaspec.stats import StepOutcome
+
+if TYPE_CHECKING:
+    from adaspec.drafters.base import Draft
 
 
 @dataclass(frozen=True)
@@ -22,20 +27,59 @@ class Budget:
 
     max_tokens: int
     min_confidence: float = 0.0
+    # Budgets for named drafters that differ from this one (a policy that learns per
+    # drafter fills it; the auto drafter reads the entry of the arm it uses).
+    per_drafter: Mapping[str, Budget] = field(default_factory=dict)
 
     def capped(self, limit: int) -> Budget:
-        return replace(self, max_tokens=max(0, min(self.max_tokens, limit)))
+        limit = max(0, limit)
+        per = {name: b.capped(limit) for name, b in self.per_drafter.items()}
+        return replace(self, max_tokens=min(self.max_tokens, limit), per_drafter=per)
+
+    def for_drafter(self, name: str) -> Budget:
+        return self.per_drafter.get(name, self)
+
+    @property
+    def allows_drafting(self) -> bool:
+        return self.max_tokens > 0 or any(b.max_tokens > 0 for b in self.per_drafter.values())
 
 
 @runtime_checkable
 class Policy(Protocol):
+    @classmethod
+    def create(cls, k: int | None, target: Backend) -> Policy:
+        """Build for this target; k is the policy's draft-length knob (None: its default)."""
+        ...
+
     def start(self, state: DecodeState) -> None:
         """Forget the previous request."""
         ...
 
     def budget(self, state: DecodeState) -> Budget: ...
 
+    def trim(self, draft: Draft) -> int:
+        """How many of the drafted tokens to verify (drafting is done, verifying is not)."""
+        ...
+
     def observe(self, outcome: StepOutcome) -> None: ...
+
+
+class PolicyDefaults:
+    """The parts most policies leave alone: no target-specific set-up, nothing to forget
+    between requests, every drafted token verified, nothing learned."""
+
+    @classmethod
+    def create(cls, k: int | None, target: Backend) -> Policy:
+        return cls() if k is None else cls(k=k)  # type: ignore[call-arg]
+
+    def start(self, state: DecodeState) -> None:
+        pass
+
+    def trim(self, draft: Draft) -> int:
+        return len(draft.tokens)
+
+    def observe(self, outcome: StepOutcome) -> None:
+        pass
 
 
 POLICIES: Registry[Policy] = Registry("policy")

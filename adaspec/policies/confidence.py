@@ -4,24 +4,17 @@ and never past k_max: cheap drafts where the draft model is confident, none wher
 from __future__ import annotations
 
 from adaspec.errors import ConfigError
-from adaspec.policies.base import POLICIES, Budget, check_k
+from adaspec.policies.base import POLICIES, Budget, PolicyDefaults, check_k
 from adaspec.state import DecodeState
-from adaspec.stats import StepOutcome
 
 
 @POLICIES.register("confidence")
-class ConfidencePolicy:
+class ConfidencePolicy(PolicyDefaults):
     def __init__(self, k: int = 8, threshold: float = 0.4) -> None:
         if not 0.0 <= threshold <= 1.0:
             raise ConfigError(f"confidence threshold must be in [0, 1], got {threshold}")
         self.k_max = check_k(k)
         self.threshold = threshold
 
-    def start(self, state: DecodeState) -> None:
-        pass
-
     def budget(self, state: DecodeState) -> Budget:
         return Budget(self.k_max, min_confidence=self.threshold)
-
-    def observe(self, outcome: StepOutcome) -> None:
-        pass

@@ -3,13 +3,13 @@ fully accepted draft, shrink it by 1 otherwise, never below 1."""
 
 from __future__ import annotations
 
-from adaspec.policies.base import POLICIES, Budget, check_k
+from adaspec.policies.base import POLICIES, Budget, PolicyDefaults, check_k
 from adaspec.state import DecodeState
 from adaspec.stats import StepOutcome
 
 
 @POLICIES.register("heuristic")
-class HeuristicPolicy:
+class HeuristicPolicy(PolicyDefaults):
     def __init__(self, k: int = 4, k_max: int = 64) -> None:
         self.initial = check_k(k)
         self.k_max = max(k_max, self.initial)

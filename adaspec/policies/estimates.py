@@ -1,0 +1,161 @@
+"""Online estimates the goodput policy plans with: what a step costs here and now, and how
+likely the target is to accept a drafted token.
+
+All of them start afresh with each request and learn from its steps, so they follow the
+machine (other load, a longer context) and the text (a copy phase, free prose) as they change.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Sequence
+
+from adaspec.profile import CostProfile
+
+
+class Ewma:
+    """Exponentially weighted mean: recent steps count most."""
+
+    def __init__(self, weight: float = 0.3) -> None:
+        self.weight = weight
+        self.value: float | None = None
+
+    def add(self, x: float) -> None:
+        self.value = x if self.value is None else self.value + self.weight * (x - self.value)
+
+
+class VerifyCost:
+    """Milliseconds of one target forward over n positions.
+
+    Sizes already seen use their running average. Others follow the saved CostProfile's
+    shape, scaled by how the nearest seen size compares with its profiled cost (the profile
+    was timed on another day, under other load); without a profile, a line through the
+    observations, with a guessed slope (``guess_slope`` of a one-token forward per extra
+    position) until two sizes have been seen.
+    """
+
+    def __init__(self, profile: CostProfile | None = None, guess_slope: float = 0.5) -> None:
+        self.profile = profile
+        self.guess_slope = guess_slope
+        self.context = 0
+        self.seen: dict[int, Ewma] = {}
+
+    def start(self, context: int) -> None:
+        self.seen.clear()
+        self.context = context
+
+    def observe(self, n: int, ms: float, context: int) -> None:
+        self.context = context
+        self.seen.setdefault(n, Ewma()).add(ms)
+
+    def explored_limit(self) -> int:
+        """The most positions worth verifying before more is known: twice the largest size
+        seen, so a guessed cost is trusted at most one doubling beyond the evidence."""
+        return 2 * max(self.seen, default=1)
+
+    def ms(self, n: int) -> float:
+        if n in self.seen:
+            return self.seen[n].value or 0.0
+        if self.profile is not None:
+            return self.profile.cost_ms(n, self.context) * self._scale(n)
+        return self._line(n)
+
+    def _scale(self, n: int) -> float:
+        if not self.seen or self.profile is None:
+            return 1.0
+        near = min(self.seen, key=lambda size: abs(size - n))
+        return (self.seen[near].value or 0.0) / max(self.profile.cost_ms(near, self.context), 1e-6)
+
+    def _line(self, n: int) -> float:
+        points = sorted((size, e.value or 0.0) for size, e in self.seen.items())
+        if not points:
+            return 1.0 + self.guess_slope * (n - 1)  # unit cost: only ratios matter yet
+        if len(points) == 1:
+            size, ms = points[0]
+            return ms * (1.0 + self.guess_slope * (n - size) / size)
+        sizes = [size for size, _ in points]
+        i = min(max(bisect_right(sizes, n), 1), len(points) - 1)  # the two points around n
+        (n0, m0), (n1, m1) = points[i - 1], points[i]
+        slope = max(0.0, (m1 - m0) / (n1 - n0))
+        return max(1e-6, m0 + slope * (n - n0))
+
+
+class Recalling:
+    """A probability estimate that moves toward each step's evidence (weight ``weight``)
+    and, on steps without evidence, drifts back toward its prior (rate ``recall``): an
+    option ruled out once is tried again later, since the text may have changed."""
+
+    def __init__(self, prior: float, weight: float = 0.3, recall: float = 0.05) -> None:
+        self.prior = prior
+        self.value = prior
+        self.weight = weight
+        self.recall = recall
+
+    def update(self, evidence: float) -> None:
+        self.value += self.weight * (evidence - self.value)
+
+    def idle(self) -> None:
+        self.value += self.recall * (self.prior - self.value)
+
+
+class Acceptance:
+    """P(the target accepts a drafted token), per drafter. Each step's evidence is the
+    geometric estimate a / (a + 1) when a of d tokens were accepted (a < d: one rejection,
+    later tokens never tested), a / a = 1 when all were."""
+
+    def __init__(self, prior: float = 0.7) -> None:
+        self.prior = prior
+        self.estimates: dict[str, Recalling] = {}
+
+    def start(self) -> None:
+        self.estimates.clear()
+
+    def observe(self, drafter: str, drafted: int, accepted: int) -> None:
+        estimate = self.estimates.setdefault(drafter, Recalling(self.prior))
+        if drafted:
+            estimate.update(accepted / (accepted + (1 if accepted < drafted else 0)))
+        else:
+            estimate.idle()
+
+    def rate(self, drafter: str) -> float:
+        estimate = self.estimates.get(drafter)
+        return estimate.value if estimate else self.prior
+
+
+class Calibration:
+    """A drafter's per-token confidence mapped to the acceptance rate seen for such tokens.
+
+    Raw confidences (a draft model's top probability, an n-gram's match length) are rarely
+    probabilities of acceptance; the goodput decision needs probabilities. Per drafter and
+    confidence bin, the raw value is the prior and what this request shows overrides it.
+    """
+
+    EDGES = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
+
+    def __init__(self) -> None:
+        self.estimates: dict[tuple[str, int], Recalling] = {}
+
+    def start(self) -> None:
+        self.estimates.clear()
+
+    def observe(self, drafter: str, confidences: Sequence[float], accepted: int) -> None:
+        tried = confidences[: accepted + 1]  # tokens after the first rejection were not tested
+        counts: dict[tuple[str, int], list[int]] = {}
+        for i, confidence in enumerate(tried):
+            key = (drafter, self._bin(confidence))
+            self.estimates.setdefault(key, Recalling(confidence))
+            hits = counts.setdefault(key, [0, 0])
+            hits[0] += 1 if i < accepted else 0
+            hits[1] += 1
+        for key, estimate in self.estimates.items():
+            if key in counts:
+                estimate.update(counts[key][0] / counts[key][1])
+            elif key[0] == drafter:
+                estimate.idle()
+
+    def probability(self, drafter: str, confidence: float) -> float:
+        estimate = self.estimates.get((drafter, self._bin(confidence)))
+        return estimate.value if estimate else confidence
+
+    def _bin(self, confidence: float) -> int:
+        return bisect_right(self.EDGES, confidence)

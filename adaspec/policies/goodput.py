@@ -1,0 +1,113 @@
+"""Goodput: speculate exactly as much as pays on this machine, for this text, now.
+
+SmartSpec's rule, applied twice per step. Before drafting, the draft length k in 0..k_max
+maximises expected new tokens per unit time, E[k] / (draft cost of k + verify cost of k+1
+positions), with E[k] from the drafter's online acceptance rate. After drafting, the tokens
+are in hand with their confidences (calibrated online into acceptance probabilities), so the
+prefix to verify is chosen by the same ratio on the actual tokens. k = 0 is a plain
+autoregressive step: where verifying costs nearly as much per token as decoding (a CPU),
+speculation happens only when it is nearly certain to be accepted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from adaspec.backends.base import Backend
+from adaspec.policies.base import POLICIES, Budget, PolicyDefaults, check_k
+from adaspec.policies.estimates import Acceptance, Calibration, Ewma, VerifyCost
+from adaspec.profile import CostProfile, profile_path
+from adaspec.state import DecodeState
+from adaspec.stats import StepOutcome
+
+if TYPE_CHECKING:
+    from adaspec.drafters.base import Draft
+
+FREE_DRAFT = 0.05  # a drafter costing under this share of a one-token forward is "free"
+PROBE = 2  # tokens a drafter not seen yet in this request may draft: learns its cost
+
+
+def expected_tokens(acceptance: float, k: int) -> float:
+    """Tokens one step yields with k drafted, each accepted with this probability in turn
+    (the step always yields the target's own next token too)."""
+    return sum(acceptance**i for i in range(k + 1))
+
+
+def best_length(
+    acceptance: float, verify_ms: Callable[[int], float], draft_ms: float, k_max: int
+) -> int:
+    """The k in 0..k_max with the most expected tokens per millisecond."""
+    return max(
+        range(k_max + 1),
+        key=lambda k: expected_tokens(acceptance, k) / (verify_ms(k + 1) + draft_ms * k),
+    )
+
+
+def best_prefix(probs: Sequence[float], verify_ms: Callable[[int], float], spent_ms: float) -> int:
+    """How many drafted tokens to verify, given each one's acceptance probability: the
+    prefix with the most expected tokens per millisecond of this step."""
+    best, best_rate, expected, alive = 0, 1.0 / (verify_ms(1) + spent_ms), 1.0, 1.0
+    for i, p in enumerate(probs, start=1):
+        alive *= p
+        expected += alive
+        rate = expected / (verify_ms(i + 1) + spent_ms)
+        if rate > best_rate:
+            best, best_rate = i, rate
+    return best
+
+
+@POLICIES.register("goodput")
+class GoodputPolicy(PolicyDefaults):
+    def __init__(self, k: int = 8, profile: CostProfile | None = None) -> None:
+        self.k_max = check_k(k)
+        self.verify = VerifyCost(profile)
+        self.acceptance = Acceptance()
+        self.calibration = Calibration()
+        self.draft_ms: dict[str, Ewma] = {}  # per drafter: ms per proposed token
+
+    @classmethod
+    def create(cls, k: int | None, target: Backend) -> GoodputPolicy:
+        """With the target's saved cost profile (``adaspec profile``) where there is one."""
+        path = profile_path(target.label, target.name, target.threads)
+        profile = CostProfile.load(path) if path.exists() else None
+        return cls(profile=profile) if k is None else cls(k, profile)
+
+    def start(self, state: DecodeState) -> None:
+        self.verify.start(len(state.tokens))
+        self.acceptance.start()
+        self.calibration.start()
+        self.draft_ms = {}
+
+    def budget(self, state: DecodeState) -> Budget:
+        per = {name: Budget(self._length(name)) for name in self.draft_ms}
+        return Budget(PROBE, per_drafter=per)
+
+    def trim(self, draft: Draft) -> int:
+        probs = [self.calibration.probability(draft.source, c) for c in draft.confidences]
+        probs += [self.acceptance.rate(draft.source)] * (len(draft.tokens) - len(probs))
+        probs = probs[: self.verify.explored_limit() - 1]
+        spent = self._draft_ms(draft.source) * len(draft.tokens)
+        return best_prefix(probs, self.verify.ms, spent)
+
+    def observe(self, outcome: StepOutcome) -> None:
+        context = self.verify.context + outcome.emitted
+        self.verify.observe(outcome.drafted + 1, outcome.verify_s * 1000, context)
+        if not outcome.drafter:
+            return
+        if outcome.proposed:
+            per_token = outcome.draft_s * 1000 / outcome.proposed
+            self.draft_ms.setdefault(outcome.drafter, Ewma()).add(per_token)
+        self.acceptance.observe(outcome.drafter, outcome.drafted, outcome.accepted)
+        self.calibration.observe(outcome.drafter, outcome.confidences, outcome.accepted)
+
+    def _length(self, drafter: str) -> int:
+        k_max = min(self.k_max, self.verify.explored_limit() - 1)
+        draft_ms = self._draft_ms(drafter)
+        if draft_ms * k_max <= FREE_DRAFT * self.verify.ms(1):
+            return k_max  # drafting is free: draft all, trim() decides what to verify
+        return best_length(self.acceptance.rate(drafter), self.verify.ms, draft_ms, k_max)
+
+    def _draft_ms(self, drafter: str) -> float:
+        estimate = self.draft_ms.get(drafter)
+        return estimate.value or 0.0 if estimate else 0.0

@@ -1,0 +1,190 @@
+"""The goodput policy and the auto drafter against a synthetic machine whose verify cost
+and acceptance are known, so the right answer can be computed by brute force."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from adaspec.config import GenerationConfig, SamplingParams
+from adaspec.drafters.auto import AutoDrafter
+from adaspec.drafters.base import Draft
+from adaspec.engine import Engine
+from adaspec.policies.base import Budget
+from adaspec.policies.estimates import VerifyCost
+from adaspec.policies.goodput import GoodputPolicy, best_length, best_prefix, expected_tokens
+from adaspec.state import DecodeState
+from adaspec.stats import StepOutcome
+from tests.tiny import DRAFTERS, ar_tokens, backend, tiny_model
+
+COSTS = {
+    "cpu-linear": lambda n: 100.0 * n,  # verifying n positions costs n decode steps
+    "cpu-measured": lambda n: 55.0 + 16.0 * (n - 1) if n <= 5 else 120.0 + 41.0 * (n - 5),
+    "gpu-flat": lambda n: 20.0 + 0.5 * n,
+}
+
+
+def brute_force(acceptance: float, cost, draft_ms: float, k_max: int) -> int:
+    rates = [expected_tokens(acceptance, k) / (cost(k + 1) + draft_ms * k) for k in range(k_max)]
+    rates.append(expected_tokens(acceptance, k_max) / (cost(k_max + 1) + draft_ms * k_max))
+    return max(range(k_max + 1), key=rates.__getitem__)
+
+
+@pytest.mark.parametrize("cost", list(COSTS))
+@pytest.mark.parametrize("acceptance", [0.0, 0.3, 0.6, 0.8, 0.9, 0.97, 1.0])
+@pytest.mark.parametrize("draft_ms", [0.0, 5.0, 30.0])
+def test_best_length_is_the_brute_force_optimum(cost, acceptance, draft_ms):
+    k = best_length(acceptance, COSTS[cost], draft_ms, 12)
+    assert k == brute_force(acceptance, COSTS[cost], draft_ms, 12)
+
+
+def test_no_speculation_when_it_cannot_pay():
+    linear = COSTS["cpu-linear"]
+    for acceptance in (0.0, 0.5, 0.9, 0.99):
+        assert best_length(acceptance, linear, 1.0, 16) == 0
+        assert best_prefix([acceptance] * 8, linear, 0.0) == 0
+    assert best_length(0.9, COSTS["gpu-flat"], 1.0, 16) > 0
+
+
+def test_best_prefix_equals_best_length_for_equal_probabilities():
+    for name, cost in COSTS.items():
+        for acceptance in (0.5, 0.8, 0.95):
+            expected = best_length(acceptance, cost, 0.0, 10)
+            assert best_prefix([acceptance] * 10, cost, 0.0) == expected, name
+
+
+def simulate(policy, cost, acceptance_at, steps, confidence=0.9, draft_ms=0.0, seed=0):
+    """Run the policy on a synthetic machine: the drafter fills its budget with tokens of a
+    fixed confidence, the target accepts each with ``acceptance_at(step)`` in turn, and a
+    verify of n positions takes ``cost(n)`` ms. Returns the verified length per step."""
+    rng = random.Random(seed)
+    state = DecodeState([1, 2, 3], 3, SamplingParams(), torch.Generator())
+    policy.start(state)
+    lengths = []
+    for step in range(steps):
+        budget = policy.budget(state).for_drafter("synthetic")
+        draft = Draft([7] * budget.max_tokens, None, [confidence] * budget.max_tokens, "synthetic")
+        verified = policy.trim(draft)
+        accepted = 0
+        while accepted < verified and rng.random() < acceptance_at(step):
+            accepted += 1
+        lengths.append(verified)
+        outcome = StepOutcome(
+            drafted=verified,
+            accepted=accepted,
+            emitted=accepted + 1,
+            draft_s=draft_ms * len(draft.tokens) / 1000,
+            verify_s=cost(verified + 1) / 1000,
+            drafter="synthetic",
+            proposed=len(draft.tokens),
+            confidences=tuple(draft.confidences[:verified]),
+        )
+        policy.observe(outcome)
+        state.tokens.extend([7] * outcome.emitted)
+    return lengths
+
+
+def goodput_of(k: int, acceptance: float, cost) -> float:
+    return expected_tokens(acceptance, k) / cost(k + 1)
+
+
+@pytest.mark.parametrize("cost", ["cpu-measured", "gpu-flat"])
+@pytest.mark.parametrize("acceptance", [0.5, 0.8, 0.95])
+def test_policy_settles_on_the_best_length(cost, acceptance):
+    """With costs measured online and acceptance learned online, the lengths chosen after a
+    warm-up reach (within 10%) the goodput of the brute-force optimum."""
+    fn = COSTS[cost]
+    lengths = simulate(GoodputPolicy(12), fn, lambda step: acceptance, 120)
+    best = goodput_of(brute_force(acceptance, fn, 0.0, 12), acceptance, fn)
+    late = lengths[60:]
+    achieved = sum(goodput_of(k, acceptance, fn) for k in late) / len(late)
+    assert achieved >= 0.9 * best, (lengths, best)
+
+
+def test_policy_with_a_cost_profile_never_speculates_on_linear_cost():
+    lengths = simulate(GoodputPolicy(12), COSTS["cpu-linear"], lambda step: 0.9, 60)
+    assert sum(lengths[5:]) == 0, lengths
+
+
+def achieved_share(lengths, acceptance: float, cost) -> float:
+    """Mean goodput of the chosen lengths as a share of the brute-force optimum's."""
+    best = goodput_of(brute_force(acceptance, cost, 0.0, 12), acceptance, cost)
+    return sum(goodput_of(k, acceptance, cost) for k in lengths) / len(lengths) / best
+
+
+def test_policy_adapts_when_acceptance_drops_mid_generation():
+    fn = COSTS["gpu-flat"]
+    lengths = simulate(GoodputPolicy(12), fn, lambda step: 0.97 if step < 60 else 0.05, 100)
+    assert achieved_share(lengths[30:60], 0.97, fn) >= 0.9, lengths[30:60]
+    assert max(lengths[66:]) <= 3, lengths[60:]  # within 6 steps of the change: short ones
+    assert achieved_share(lengths[68:], 0.05, fn) >= 0.9, lengths[60:]
+
+
+def test_policy_adapts_when_acceptance_rises():
+    fn = COSTS["cpu-measured"]
+    lengths = simulate(GoodputPolicy(12), fn, lambda step: 0.1 if step < 40 else 0.99, 90, 0.95)
+    assert achieved_share(lengths[20:40], 0.1, fn) >= 0.9, lengths[20:40]
+    assert achieved_share(lengths[52:], 0.99, fn) >= 0.9, lengths[40:]
+
+
+def test_draft_cost_limits_the_budget():
+    """A drafter whose tokens cost as much as a verify step gets a zero budget on a CPU."""
+    policy = GoodputPolicy(8)
+    fn = COSTS["cpu-measured"]
+    simulate(policy, fn, lambda step: 0.9, 30, draft_ms=60.0)
+    state = DecodeState([1, 2, 3], 3, SamplingParams(), torch.Generator())
+    assert policy.budget(state).for_drafter("synthetic").max_tokens == 0
+
+
+def test_verify_cost_interpolates_and_extrapolates():
+    cost = VerifyCost()
+    assert cost.ms(4) == pytest.approx(1 + 0.5 * 3)  # nothing seen: unit cost, guessed slope
+    cost.observe(1, 100.0, 10)
+    assert cost.ms(3) == pytest.approx(100 * (1 + 0.5 * 2))
+    cost.observe(5, 300.0, 10)
+    assert cost.ms(3) == pytest.approx(200.0)
+    assert cost.ms(9) == pytest.approx(500.0)
+
+
+class _ScriptedArm:
+    """A drafter whose outcome the test decides."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def start(self, state):
+        pass
+
+    def propose(self, state, budget: Budget) -> Draft:
+        return Draft([1], None, [0.9], self.name)
+
+    def observe(self, outcome):
+        pass
+
+
+def test_auto_drafter_follows_the_faster_arm_and_switches():
+    auto = AutoDrafter({"a": _ScriptedArm("a"), "b": _ScriptedArm("b")})
+    state = DecodeState([1, 2], 2, SamplingParams(), torch.Generator())
+    auto.start(state)
+    picks = []
+    for step in range(200):
+        arm = auto.propose(state, Budget(4)).source
+        picks.append(arm)
+        fast = "a" if step < 100 else "b"
+        emitted = 3 if arm == fast else 1
+        auto.observe(StepOutcome(1, emitted - 1, emitted, 0.0, 0.1, drafter=arm, proposed=1))
+    assert picks[50:100].count("a") >= 40, picks[50:100]
+    assert picks[150:].count("b") >= 40, picks[150:]
+
+
+def test_goodput_and_auto_speculate_on_tiny_models_and_match_autoregressive():
+    """The defaults draft (so the equality below is not vacuous) and stay lossless."""
+    target = backend(tiny_model())
+    prompt = [5, 9, 13, 5, 9, 13, 5, 9, 13, 5, 9, 13]
+    expected = ar_tokens(target, prompt, 40)
+    engine = Engine(target, DRAFTERS["auto"](target), GoodputPolicy(6))
+    result = engine.generate(prompt, GenerationConfig(max_new_tokens=40))
+    assert result.token_ids == expected
+    assert result.stats.summary()["drafted"] > 0
