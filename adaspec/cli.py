@@ -262,6 +262,77 @@ def bench(
         raise typer.Exit(1)
 
 
+@app.command("train-head")
+@user_errors
+def train_head(
+    target: Annotated[str, typer.Option(help="Target model.")] = models.DEFAULT_TARGET,
+    draft: Annotated[str, typer.Option(help="Draft model the head is for.")] = (
+        models.DEFAULT_DRAFT
+    ),
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Spec-Bench JSONL of prompts (default: the shipped 480 questions)."),
+    ] = None,
+    held_out_per_category: Annotated[
+        int, typer.Option(help="Skip the first N questions of each category (bench's).")
+    ] = 1,
+    prompts: Annotated[int, typer.Option(help="Prompts to run the pair on.")] = 26,
+    max_new_tokens: Annotated[int, typer.Option(help="Target tokens per prompt.")] = 64,
+    steps: Annotated[int, typer.Option(help="Training steps (full batch).")] = 400,
+    backend: Annotated[str, typer.Option(help="auto | llama.cpp | torch")] = "auto",
+    threads: Annotated[int | None, typer.Option(help="CPU threads (default: all cores).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Where to save (default: beside the draft model).")
+    ] = None,
+) -> None:
+    """Train the acceptance head (SpecDec++) of a draft model; report its calibration."""
+    from adaspec.api import load_backend
+    from adaspec.bench.questions import default_questions_path, load_questions
+    from adaspec.head import head_path
+    from adaspec.head_training import collect, reliability, split, train, training_questions
+
+    if prompts < 4 or max_new_tokens < 1 or steps < 1 or held_out_per_category < 0:
+        raise AdaspecError("--prompts must be >= 4, --max-new-tokens and --steps >= 1")
+    chosen = training_questions(
+        load_questions(data or default_questions_path()), held_out_per_category, prompts
+    )
+    if len(chosen) < 4:
+        raise AdaspecError("fewer than 4 prompts left after the held-out ones; pass more --data")
+    with err.status(f"loading {target} and {draft}"):
+        engine = load(target, drafter="auto", policy="goodput", backend=backend, threads=threads)
+        draft_model = load_backend(draft, backend, threads=threads)
+    ids = [encode_prompt(engine.target.tokenizer, q.prompt, chat=True) for q in chosen]
+    with err.status("running the pair") as status:
+        samples = collect(
+            engine,
+            draft_model,
+            ids,
+            max_new_tokens,
+            lambda i: status.update(f"running the pair: prompt {i}/{len(ids)}"),
+        )
+    fit, held_out = split(samples)
+    head = train(fit, steps)
+    report = reliability(head, held_out, base_rate=float(fit.y.mean()))
+    table = Table("predicted P(accept)", "tokens", "mean predicted", "observed", title="held-out")
+    for row in report.bins:
+        low, high = row["range"]
+        table.add_row(
+            f"{low:.1f}-{high:.1f}",
+            str(row["n"]),
+            f"{row['predicted']:.3f}",
+            f"{row['observed']:.3f}",
+        )
+    Console().print(table)
+    typer.echo(
+        f"Brier score {report.brier:.4f} on {report.n} held-out tokens "
+        f"(base rate {report.brier_base_rate:.4f}, draft top probability "
+        f"{report.brier_draft_top:.4f}); acceptance {report.acceptance_rate:.1%}; "
+        f"{len(fit.y)} training tokens from {len(fit.group.unique())} prompts"
+    )
+    path = head.save(out or head_path(draft_model.label), report.to_dict())
+    err.print(f"saved {path}")
+
+
 @models_app.command("pull")
 @user_errors
 def models_pull(

@@ -57,6 +57,24 @@ def test_llama_cpp_model_drafter_greedy_equals_autoregressive(policy):
 
 
 @needs_llama
+@pytest.mark.parametrize("drafter", ["auto", "model"])
+def test_llama_cpp_goodput_greedy_equals_autoregressive(drafter):
+    same_ids_as_autoregressive("llama.cpp", drafter, "goodput", n=3, draft=DRAFT)
+
+
+@needs_llama
+def test_llama_cpp_hidden_states_leave_the_logits_unchanged():
+    model = load_backend(DRAFT, "llama.cpp")
+    ids = model.tokenizer.encode("def add(a, b):\n    return a + b\n\nprint(add(1, 2))")
+    model.reset()
+    plain = model.forward(ids).clone()
+    model.reset()
+    logits, hidden = model.forward_hidden(ids)
+    assert torch.equal(plain, logits)
+    assert hidden.shape == (len(ids), 896) and torch.isfinite(hidden).all()
+
+
+@needs_llama
 def test_llama_cpp_rollback_matches_fresh_prefill():
     """A rejected draft leaves no trace: the same accepted steps with and without it give
     identical logits. A single-batch fresh prefill agrees up to llama.cpp's batch-size

@@ -71,6 +71,11 @@ class Backend(Protocol):
         that follows tokens[: i + 1]."""
         ...
 
+    def forward_hidden(self, tokens: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward`` plus the final hidden state [k, hidden] each row was scored from:
+        what an acceptance head reads."""
+        ...
+
     def rollback(self, length: int) -> None:
         """Keep the first ``length`` cached positions, drop the rest."""
         ...

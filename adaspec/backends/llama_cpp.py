@@ -147,6 +147,7 @@ class LlamaCppBackend:
         self._batch = lc.llama_batch_init(n_batch, 0, 1)
         self._memory = lc.llama_get_memory(self._ctx)
         self._length = 0
+        self._embeddings = False
 
     @classmethod
     def load(
@@ -200,6 +201,25 @@ class LlamaCppBackend:
             self._decode(piece, logits=True)
             rows[start : start + len(piece)] = self._logits(len(piece))
         return torch.from_numpy(rows)
+
+    def forward_hidden(self, tokens: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Like ``forward``, with llama.cpp's output embeddings (the final normed hidden
+        state) switched on for this context from the first call."""
+        if not self._embeddings:
+            lc.llama_set_embeddings(self._ctx, True)
+            self._embeddings = True
+        width = lc.llama_model_n_embd(self._model.ptr)
+        logits = np.empty((len(tokens), self._n_vocab), dtype=np.float32)  # [k, vocab]
+        hidden = np.empty((len(tokens), width), dtype=np.float32)  # [k, hidden]
+        for start in range(0, len(tokens), EXACT_BATCH):
+            piece = tokens[start : start + EXACT_BATCH]
+            self._decode(piece, logits=True)
+            logits[start : start + len(piece)] = self._logits(len(piece))
+            embeddings = lc.llama_get_embeddings(self._ctx)
+            hidden[start : start + len(piece)] = np.ctypeslib.as_array(
+                embeddings, (len(piece), width)
+            )
+        return torch.from_numpy(logits), torch.from_numpy(hidden)
 
     def _logits(self, n: int) -> np.ndarray:
         return np.ctypeslib.as_array(lc.llama_get_logits(self._ctx), (n, self._n_vocab))

@@ -120,19 +120,27 @@ class TorchBackend:
     def forward(self, tokens: Sequence[int]) -> torch.Tensor:
         return self._run(tokens, logits_to_keep=0)[0]  # [k, vocab]
 
+    @torch.inference_mode()
+    def forward_hidden(self, tokens: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self._call(tokens, logits_to_keep=0, output_hidden_states=True)
+        return out.logits[0], out.hidden_states[-1][0]  # [k, vocab], [k, hidden] (after norm)
+
     def rollback(self, length: int) -> None:
         if length < self.length:
             self._cache.crop(length - self.length)  # transformers 5: negative = drop that many
 
     def _run(self, tokens: Sequence[int], logits_to_keep: int) -> torch.Tensor:
+        return self._call(tokens, logits_to_keep).logits  # [1, k or 1, vocab]
+
+    def _call(self, tokens: Sequence[int], logits_to_keep: int, **options):
         ids = torch.tensor([list(tokens)], dtype=torch.long, device=self.device)  # [1, k]
-        out = self.model(
+        return self.model(
             input_ids=ids,
             past_key_values=self._cache,
             use_cache=True,
             logits_to_keep=logits_to_keep,
+            **options,
         )
-        return out.logits  # [1, k or 1, vocab]
 
 
 def default_device() -> str:

@@ -27,6 +27,7 @@ def llama_cpp_peers(
             n_threads=threads,
             n_threads_batch=threads,
             draft_model=draft,
+            logits_all=draft is not None,  # its speculative path keeps every position's scores
             verbose=False,
         )
 

@@ -16,6 +16,7 @@ import torch
 from adaspec.backends.base import Backend, check_same_vocabulary
 from adaspec.drafters.base import DRAFTERS, Draft
 from adaspec.errors import ModelError
+from adaspec.head import AcceptanceHead, head_path
 from adaspec.policies.base import Budget
 from adaspec.sampling import probabilities, sample
 from adaspec.state import DecodeState
@@ -26,17 +27,28 @@ from adaspec.stats import StepOutcome
 class ModelDrafter:
     needs_draft_model: ClassVar[bool] = True
 
-    def __init__(self, backend: Backend, vocab_size: int) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        vocab_size: int,
+        head: AcceptanceHead | None = None,
+        max_rejection: float = 0.7,
+    ) -> None:
         self.backend = backend
         self.vocab_size = vocab_size  # the target's logits width; q rows must match it
+        self.head = head
+        self.max_rejection = max_rejection  # SpecDec++'s stop rule, used with a head
         self._fed: list[int] = []  # token ids held in the draft backend's cache
+        self._head_p: float | None = None  # the head's P(accepted) for the row last fed
 
     @classmethod
     def create(cls, target: Backend, draft: Backend | None) -> ModelDrafter:
+        """With the acceptance head saved beside the draft model, if there is one."""
         if draft is None:
             raise ModelError("drafter 'model' needs a draft model: pass --draft NAME_OR_PATH")
         check_same_vocabulary(target, draft)
-        return cls(draft, target.vocab_size)
+        path = head_path(draft.label)
+        return cls(draft, target.vocab_size, AcceptanceHead.load(path) if path.exists() else None)
 
     def start(self, state: DecodeState) -> None:
         """The prompt is fed on the first proposal: a drafter the auto drafter never picks
@@ -51,10 +63,12 @@ class ModelDrafter:
         tokens: list[int] = []
         rows: list[torch.Tensor] = []
         confidences: list[float] = []
+        all_accepted = 1.0  # the head's P(every token so far is accepted)
         while True:
             q = probabilities(logits[None], state.sampling)[0]  # [vocab], warped like p
-            confidence = _confidence(logits, q, state)
-            if confidence < budget.min_confidence:
+            confidence = _confidence(logits, q, state) if self._head_p is None else self._head_p
+            all_accepted *= confidence
+            if confidence < budget.min_confidence or self._rejection_likely(all_accepted):
                 break
             token = int(q.argmax()) if state.sampling.greedy else sample(q, state.generator)
             tokens.append(token)
@@ -70,16 +84,28 @@ class ModelDrafter:
         pass  # the cache is re-synchronised from the committed tokens in propose()
 
     def _catch_up(self, tokens: Sequence[int]) -> torch.Tensor:
-        """Roll back to the longest prefix shared with ``tokens`` and feed the rest."""
+        """Roll back to the longest prefix shared with ``tokens`` and feed the rest; only
+        the last token's logits are needed (the prompt, on the first call, is prefilled)."""
         shared = _common_prefix(self._fed, tokens)
         shared = min(shared, len(tokens) - 1)  # feed at least one token to get logits
         self.backend.rollback(shared)
         del self._fed[shared:]
-        return self._feed(tokens[shared:])
+        missing = tokens[shared:]
+        self.backend.prefill(missing[:-1])
+        self._fed.extend(missing[:-1])
+        return self._feed(missing[-1:])
+
+    def _rejection_likely(self, all_accepted: float) -> bool:
+        """SpecDec++: stop once P(some drafted token is rejected) passes the threshold."""
+        return self.head is not None and 1.0 - all_accepted > self.max_rejection
 
     def _feed(self, tokens: Sequence[int]) -> torch.Tensor:
         self._fed.extend(tokens)
-        return _fit_width(self.backend.forward(tokens)[-1], self.vocab_size)
+        if self.head is None:
+            return _fit_width(self.backend.forward(tokens)[-1], self.vocab_size)
+        logits, hidden = self.backend.forward_hidden(tokens)
+        self._head_p = float(self.head.probability(hidden[-1:], logits[-1:])[0])
+        return _fit_width(logits[-1], self.vocab_size)
 
 
 def _confidence(logits: torch.Tensor, q: torch.Tensor, state: DecodeState) -> float:

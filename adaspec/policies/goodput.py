@@ -110,4 +110,6 @@ class GoodputPolicy(PolicyDefaults):
 
     def _draft_ms(self, drafter: str) -> float:
         estimate = self.draft_ms.get(drafter)
-        return estimate.value or 0.0 if estimate else 0.0
+        if estimate is None or estimate.value is None:
+            return 0.0
+        return estimate.value
