@@ -11,9 +11,10 @@ from adaspec.bench.methods import TimedPeer
 
 
 def llama_cpp_peers(
-    model: Path, threads: int, n_ctx: int, lookup: tuple[int, ...] = (10, 2)
+    model: Path, threads: int, n_ctx: int, lookup: tuple[int, ...] = (10,)
 ) -> tuple[list[TimedPeer], list[str]]:
-    """llama-cpp-python's own ``create_completion``, plain and with its prompt-lookup draft."""
+    """llama-cpp-python's own ``create_completion``, plain and with its prompt-lookup draft
+    (``LlamaPromptLookupDecoding``'s default of 10 tokens)."""
     try:
         from llama_cpp import Llama
         from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
