@@ -286,6 +286,8 @@ def train_head(
     ] = None,
 ) -> None:
     """Train the acceptance head (SpecDec++) of a draft model; report its calibration."""
+    from dataclasses import asdict
+
     from adaspec.api import load_backend
     from adaspec.bench.questions import default_questions_path, load_questions
     from adaspec.head import head_path
@@ -329,7 +331,7 @@ def train_head(
         f"{report.brier_draft_top:.4f}); acceptance {report.acceptance_rate:.1%}; "
         f"{len(fit.y)} training tokens from {len(fit.group.unique())} prompts"
     )
-    path = head.save(out or head_path(draft_model.label), report.to_dict())
+    path = head.save(out or head_path(draft_model.label), asdict(report))
     err.print(f"saved {path}")
 
 

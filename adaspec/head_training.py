@@ -95,16 +95,6 @@ class Reliability:
     n: int
     acceptance_rate: float
 
-    def to_dict(self) -> dict:
-        return {
-            "bins": self.bins,
-            "brier": self.brier,
-            "brier_base_rate": self.brier_base_rate,
-            "brier_draft_top": self.brier_draft_top,
-            "n": self.n,
-            "acceptance_rate": self.acceptance_rate,
-        }
-
 
 @torch.inference_mode()
 def reliability(

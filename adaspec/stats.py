@@ -65,11 +65,3 @@ class GenerationStats:
 
     def to_dict(self) -> dict:
         return {"summary": self.summary(), "steps": [asdict(s) for s in self.steps]}
-
-    def drafters_used(self) -> dict[str, int]:
-        """Steps per drafter that proposed something (the auto drafter switches between them)."""
-        counts: dict[str, int] = {}
-        for step in self.steps:
-            if step.drafter:
-                counts[step.drafter] = counts.get(step.drafter, 0) + 1
-        return counts

@@ -195,12 +195,7 @@ class LlamaCppBackend:
         if len(tokens) <= EXACT_BATCH:
             self._decode(tokens, logits=True)
             return torch.from_numpy(self._logits(len(tokens)))
-        rows = np.empty((len(tokens), self._n_vocab), dtype=np.float32)  # [k, vocab]
-        for start in range(0, len(tokens), EXACT_BATCH):
-            piece = tokens[start : start + EXACT_BATCH]
-            self._decode(piece, logits=True)
-            rows[start : start + len(piece)] = self._logits(len(piece))
-        return torch.from_numpy(rows)
+        return torch.from_numpy(self._score_in_pieces(tokens, hidden=False)[0])
 
     def forward_hidden(self, tokens: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Like ``forward``, with llama.cpp's output embeddings (the final normed hidden
@@ -208,18 +203,27 @@ class LlamaCppBackend:
         if not self._embeddings:
             lc.llama_set_embeddings(self._ctx, True)
             self._embeddings = True
+        logits, hidden = self._score_in_pieces(tokens, hidden=True)
+        assert hidden is not None
+        return torch.from_numpy(logits), torch.from_numpy(hidden)
+
+    def _score_in_pieces(
+        self, tokens: Sequence[int], hidden: bool
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Decode in pieces of at most EXACT_BATCH tokens; copy out each piece's logits
+        [k, vocab] and, if asked, its output embeddings [k, hidden]."""
         width = lc.llama_model_n_embd(self._model.ptr)
-        logits = np.empty((len(tokens), self._n_vocab), dtype=np.float32)  # [k, vocab]
-        hidden = np.empty((len(tokens), width), dtype=np.float32)  # [k, hidden]
+        logits = np.empty((len(tokens), self._n_vocab), dtype=np.float32)
+        states = np.empty((len(tokens), width), dtype=np.float32) if hidden else None
         for start in range(0, len(tokens), EXACT_BATCH):
             piece = tokens[start : start + EXACT_BATCH]
+            rows = slice(start, start + len(piece))
             self._decode(piece, logits=True)
-            logits[start : start + len(piece)] = self._logits(len(piece))
-            embeddings = lc.llama_get_embeddings(self._ctx)
-            hidden[start : start + len(piece)] = np.ctypeslib.as_array(
-                embeddings, (len(piece), width)
-            )
-        return torch.from_numpy(logits), torch.from_numpy(hidden)
+            logits[rows] = self._logits(len(piece))
+            if states is not None:
+                embeddings = lc.llama_get_embeddings(self._ctx)
+                states[rows] = np.ctypeslib.as_array(embeddings, (len(piece), width))
+        return logits, states
 
     def _logits(self, n: int) -> np.ndarray:
         return np.ctypeslib.as_array(lc.llama_get_logits(self._ctx), (n, self._n_vocab))
