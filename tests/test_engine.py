@@ -11,6 +11,7 @@ from adaspec.drafters.none import NoDrafter
 from adaspec.engine import Engine
 from adaspec.errors import ConfigError
 from adaspec.policies.fixed import FixedPolicy
+from adaspec.policies.goodput import GoodputPolicy
 from tests.tiny import DRAFTERS, POLICIES, ar_tokens, backend, tiny_model
 
 PROMPTS = [[5], [3, 17, 42, 8], [9, 9, 9, 9, 9, 9], [11, 2, 30, 4, 50, 6, 70, 8, 90, 1, 2, 3]]
@@ -135,6 +136,25 @@ def test_speculative_sampling_matches_target_distribution(sharp_pair):
     engine = Engine(target, ModelDrafter(draft, 8), FixedPolicy(2))
     counts = sampled_joint(engine, prompt, 8, n=1500)
     assert chi_square_p_value(counts, exact) > 1e-3
+
+
+def test_goodput_trimmed_sampling_matches_target_distribution(sharp_pair):
+    """Goodput decides after drafting how many sampled tokens to verify; the output is
+    still distributed as the target's (and it does verify drafts here)."""
+    target, draft = sharp_pair
+    prompt = [1, 4, 2]
+
+    def logits(extra: list[int]) -> torch.Tensor:
+        with torch.no_grad():
+            return target.model(torch.tensor([prompt + extra])).logits[0, -1].double()
+
+    engine = Engine(target, ModelDrafter(draft, 8), GoodputPolicy(2))
+    drafted = engine.generate(
+        prompt, GenerationConfig(3, SamplingParams(temperature=1.0), seed=0)
+    ).stats.summary()["drafted"]
+    assert drafted > 0
+    counts = sampled_joint(engine, prompt, 8, n=1500)
+    assert chi_square_p_value(counts, joint_first_two(logits, 8)) > 1e-3
 
 
 def test_distribution_test_catches_a_lossy_rule(sharp_pair, monkeypatch):
