@@ -68,20 +68,29 @@ def train(samples: Samples, steps: int = 400, seed: int = 0) -> AcceptanceHead:
     several = len(samples.group.unique()) > 1
     fit, check = split(samples, held_out=0.2, seed=seed + 1) if several else (samples, samples)
     head = AcceptanceHead(samples.x.shape[1])
-    head.mean.copy_(fit.x.mean(dim=0))
-    head.std.copy_(fit.x.std(dim=0).clamp_min(1e-4))
-    optimizer = torch.optim.Adam(head.net.parameters(), lr=3e-3, weight_decay=1e-2)
+    head.standardise_with(fit.x)
+    optimizer = torch.optim.Adam(
+        [
+            {"params": head.confidence.parameters(), "weight_decay": 0.0},
+            {"params": head.net.parameters(), "weight_decay": 1e-2},
+        ],
+        lr=3e-3,
+    )
     loss_fn = torch.nn.BCEWithLogitsLoss()
-    best_loss, best_state = float("inf"), copy.deepcopy(head.state_dict())
+
+    def check_loss() -> float:
+        with torch.no_grad():
+            return float(loss_fn(head.eval()(check.x), check.y))
+
+    best_loss, best_state = check_loss(), copy.deepcopy(head.state_dict())  # the draft's own
     for _ in range(steps):
         head.train()
         optimizer.zero_grad()
         loss_fn(head(fit.x), fit.y).backward()
         optimizer.step()
-        with torch.no_grad():
-            check_loss = float(loss_fn(head.eval()(check.x), check.y))
-        if check_loss < best_loss:
-            best_loss, best_state = check_loss, copy.deepcopy(head.state_dict())
+        loss = check_loss()
+        if loss < best_loss:
+            best_loss, best_state = loss, copy.deepcopy(head.state_dict())
     head.load_state_dict(best_state)
     return head.eval()
 

@@ -138,6 +138,17 @@ def test_draft_cost_limits_the_budget():
     assert policy.budget(state).for_drafter("synthetic").max_tokens == 0
 
 
+def test_costs_carry_over_to_the_next_request_and_acceptance_does_not():
+    """What a forward costs is the machine's; a second request on a machine where verifying
+    is linear does not pay again to find out, while acceptance starts from its prior."""
+    policy = GoodputPolicy(12)
+    first = simulate(policy, COSTS["cpu-linear"], lambda step: 0.9, 30)
+    assert sum(first[:5]) > 0  # the first request explores
+    second = simulate(policy, COSTS["cpu-linear"], lambda step: 0.9, 30, seed=1)
+    assert sum(second) == 0, second
+    assert policy.acceptance.rate("synthetic") == policy.acceptance.prior
+
+
 def test_verify_cost_interpolates_and_extrapolates():
     cost = VerifyCost()
     assert cost.ms(4) == pytest.approx(1 + 0.5 * 3)  # nothing seen: unit cost, guessed slope

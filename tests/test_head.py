@@ -70,6 +70,14 @@ def test_head_path_sits_beside_the_draft(tmp_path):
     assert head_path(tmp_path) == tmp_path / "acceptance-head.pt"
 
 
+def test_an_untrained_head_is_the_drafts_own_top_probability(samples):
+    """Training starts from the draft's confidence; the hidden state only corrects it."""
+    head = AcceptanceHead(samples.x.shape[1])
+    head.standardise_with(samples.x)
+    predicted = torch.sigmoid(head(samples.x))
+    assert torch.allclose(predicted, samples.x[:, -2].clamp(1e-6, 1 - 1e-6), atol=1e-5)
+
+
 def test_features_shape():
     x = features(torch.randn(3, 8), torch.randn(3, 50))
     assert x.shape == (3, 10)

@@ -13,6 +13,11 @@ from pathlib import Path
 from adaspec.bench.methods import Run
 
 OVERALL = "overall"
+RSS_NOTE = (
+    "Process peak RSS is the bench process's high-water mark after a method's runs: every "
+    "method shares one process and its loaded models, so it only grows down the table and "
+    "bounds, rather than measures, one method's memory."
+)
 
 
 @dataclass(frozen=True)
@@ -124,7 +129,7 @@ def markdown(
     lines += ["", "## Overall, per method", ""]
     lines.append(
         "| method | tokens/s (min–max) | vs baseline | vs fastest peer | acceptance | "
-        "forwards/token | draft share | verify share | peak RSS (MB) |"
+        "forwards/token | draft share | verify share | process peak RSS (MB) |"
     )
     lines.append("|---" * 9 + "|")
     for method, row in cells.items():
@@ -140,7 +145,7 @@ def markdown(
             f"{_pct(c.acceptance_rate)} | {_num(c.forwards_per_token)} | {_pct(c.draft_share)} | "
             f"{_pct(c.verify_share)} | {c.peak_rss_mb:.0f} |"
         )
-    lines += ["", "## Losslessness check", ""]
+    lines += ["", RSS_NOTE, "", "## Losslessness check", ""]
     if problems:
         lines += [f"**FAILED: {len(problems)} run(s) differ from `{baseline}`**", ""]
         lines += [f"- {p}" for p in problems]

@@ -1,8 +1,10 @@
 """Online estimates the goodput policy plans with: what a step costs here and now, and how
 likely the target is to accept a drafted token.
 
-All of them start afresh with each request and learn from its steps, so they follow the
-machine (other load, a longer context) and the text (a copy phase, free prose) as they change.
+Acceptance estimates describe the text, so they start afresh with each request and follow
+it as it changes (a copy phase, free prose). Costs describe the machine, so they carry over
+from request to request, still weighted toward recent steps to follow other load and a
+longer context; a new request does not pay again to learn what a forward costs here.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ class VerifyCost:
         self.seen: dict[int, Ewma] = {}
 
     def start(self, context: int) -> None:
-        self.seen.clear()
+        """A new request: its context length; what was seen of the machine is kept."""
         self.context = context
 
     def observe(self, n: int, ms: float, context: int) -> None:
