@@ -109,9 +109,9 @@ class Engine:
             )
 
     def start(self, state: DecodeState) -> None:
-        """Prefill everything but the last prompt token, which the first step feeds."""
+        """Prefill the prompt, keeping the row that scores the first new token."""
         self.target.reset()
-        self.target.prefill(state.tokens[:-1])
+        state.next_logits = self.target.score_prompt(state.tokens)
         self.drafter.start(state)
         self.policy.start(state)
 
@@ -123,7 +123,8 @@ class Engine:
         proposal = self.drafter.propose(state, budget) if budget.allows_drafting else Draft()
         draft = proposal.prefix(self.policy.trim(proposal))
         t1 = perf_counter()
-        logits = self.target.forward([state.tokens[-1], *draft.tokens])  # [k + 1, vocab]
+        prescored = state.next_logits is not None
+        logits = self._score(state, draft.tokens)  # [k + 1, vocab]
         verdict = verify(logits, draft.tokens, draft.probs, state.sampling, state.generator)
         self.target.rollback(len(state.tokens) + verdict.n_accepted)  # keep fed + accepted
         t2 = perf_counter()
@@ -138,10 +139,22 @@ class Engine:
             drafter=proposal.source,
             proposed=len(proposal.tokens),
             confidences=tuple(draft.confidences),
+            prescored=prescored,
         )
         self.policy.observe(outcome)
         self.drafter.observe(outcome)
         return new, outcome
+
+    def _score(self, state: DecodeState, draft: list[int]) -> torch.Tensor:
+        """Target rows for the last committed token and each draft token: [k + 1, vocab].
+        The first step takes the last token's row from the prefill and runs only the draft
+        (nothing, when there is none)."""
+        first, state.next_logits = state.next_logits, None
+        if first is None:
+            return self.target.forward([state.tokens[-1], *draft])
+        if not draft:
+            return first[None]
+        return torch.cat([first[None], self.target.forward(draft)])
 
 
 def _cut_after_eos(tokens: list[int], eos: frozenset[int], stop_at_eos: bool) -> list[int]:

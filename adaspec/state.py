@@ -13,14 +13,17 @@ from adaspec.config import SamplingParams
 class DecodeState:
     """Committed tokens of one request.
 
-    Invariant kept by the engine: the target's KV cache holds ``tokens[:-1]``; the last
-    committed token is fed to the target together with the next draft.
+    Invariant kept by the engine: the target's KV cache holds ``tokens[:-1]`` and the last
+    committed token is fed to the target together with the next draft, except right after
+    the prompt's prefill, when the cache holds all of ``tokens`` and ``next_logits`` is the
+    row that scores what follows them.
     """
 
     tokens: list[int]  # prompt ids, then generated ids
     prompt_len: int
     sampling: SamplingParams
     generator: torch.Generator  # the one RNG of the request: draft sampling and verification
+    next_logits: torch.Tensor | None = None  # [vocab] the prefill's row, until the first step
 
     @property
     def generated(self) -> int:

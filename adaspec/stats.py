@@ -21,6 +21,12 @@ class StepOutcome:
     drafter: str = ""  # which drafter proposed the draft ("" when there was none)
     proposed: int = 0  # tokens the drafter produced; the policy verified ``drafted`` of them
     confidences: tuple[float, ...] = ()  # the drafter's estimates for the verified tokens
+    prescored: bool = False  # the prefill had scored the first position: it ran ``drafted``
+
+    @property
+    def positions(self) -> int:
+        """Positions the target's forward of this step ran (0: the prefill did its work)."""
+        return self.drafted if self.prescored else self.drafted + 1
 
 
 @dataclass

@@ -70,6 +70,35 @@ def test_greedy_stops_at_eos_like_autoregressive(drafter):
     assert result.finish_reason == "stop"
 
 
+class CountingBackend:
+    """Wraps a backend and counts the positions its forwards run."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.forwards: list[int] = []
+
+    def forward(self, tokens):
+        self.forwards.append(len(tokens))
+        return self.inner.forward(tokens)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_the_first_token_comes_from_the_prefill(target):
+    """Like plain decoding elsewhere: the prompt's prefill scores the first new token, so n
+    tokens take n - 1 forwards of one position, and a first draft runs alone."""
+    counting = CountingBackend(target)
+    plain = Engine(counting, NoDrafter(), FixedPolicy(1))
+    result = plain.generate(PROMPTS[3], GenerationConfig(max_new_tokens=10))
+    assert counting.forwards == [1] * 9
+    assert result.stats.summary()["target_forwards"] == 10  # the prefill counts as one
+    counting.forwards.clear()
+    spec = Engine(counting, DRAFTERS["model-self"](target), FixedPolicy(4))
+    spec.generate(PROMPTS[3], GenerationConfig(max_new_tokens=10))
+    assert counting.forwards == [4, 5]  # 4 drafted (no last token to feed), then 4 + 1
+
+
 def test_stream_yields_what_generate_returns(target):
     engine = Engine(target, DRAFTERS["model-close"](target), FixedPolicy(3))
     config = GenerationConfig(max_new_tokens=25)

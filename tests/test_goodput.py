@@ -114,6 +114,18 @@ def achieved_share(lengths, acceptance: float, cost) -> float:
     return sum(goodput_of(k, acceptance, cost) for k in lengths) / len(lengths) / best
 
 
+def test_a_step_the_prefill_scored_teaches_only_the_cost_of_what_ran():
+    """The first step takes its first row from the prompt's prefill: it must not record a
+    near-zero cost for one position, and a first draft of k costs k positions."""
+    policy = GoodputPolicy(8)
+    policy.start(DecodeState([1, 2, 3], 3, SamplingParams(), torch.Generator()))
+    policy.observe(StepOutcome(0, 0, 1, 0.0, 0.00001, prescored=True))
+    assert policy.verify.seen == {}
+    policy.observe(StepOutcome(3, 3, 4, 0.0, 0.3, drafter="ngram", proposed=3, prescored=True))
+    assert set(policy.verify.seen) == {3} and policy.verify.ms(3) == pytest.approx(300.0)
+    assert policy.verify.context == 3 + 1 + 4
+
+
 def test_policy_adapts_when_acceptance_drops_mid_generation():
     fn = COSTS["gpu-flat"]
     lengths = simulate(GoodputPolicy(12), fn, lambda step: 0.97 if step < 60 else 0.05, 100)

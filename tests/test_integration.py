@@ -123,6 +123,26 @@ def test_llama_cpp_scores_a_batch_exactly_as_one_token_at_a_time(model):
 
 
 @needs_llama
+def test_llama_cpp_score_prompt_is_prefill_then_the_last_row():
+    """The prompt's last row comes from its prefill batch: bit-identical to a separate
+    one-token step for a short prompt (one kernel), the same argmax for a long one."""
+    backend = load_backend(DRAFT, "llama.cpp")
+    for prompt in ([9707, 11, 1879, 0, 358], encode_prompt(backend.tokenizer, PROMPTS[0], True)):
+        backend.reset()
+        scored = backend.score_prompt(prompt)
+        assert backend.length == len(prompt)
+        after = backend.forward([100])[0].clone()
+        backend.reset()
+        backend.prefill(prompt[:-1])
+        alone = backend.forward(prompt[-1:])[0].clone()
+        if len(prompt) <= 7:
+            assert torch.equal(scored, alone)
+            assert torch.equal(after, backend.forward([100])[0])
+        assert int(scored.argmax()) == int(alone.argmax())
+        assert torch.allclose(scored, alone, atol=0.5)
+
+
+@needs_llama
 def test_llama_cpp_and_torch_share_the_chat_format():
     ids = {}
     for name in ("llama.cpp", "torch"):

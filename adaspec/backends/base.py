@@ -66,6 +66,12 @@ class Backend(Protocol):
         """Append tokens to the cache without returning logits (prompt processing)."""
         ...
 
+    def score_prompt(self, tokens: Sequence[int]) -> torch.Tensor:
+        """``prefill`` that also returns the row [vocab] scoring the token after the last
+        one, as plain decoding does: the first step then needs no forward of its own. The
+        row is the caller's (a later forward does not overwrite it)."""
+        ...
+
     def forward(self, tokens: Sequence[int]) -> torch.Tensor:
         """Append tokens to the cache; row i of the result [k, vocab] scores the token
         that follows tokens[: i + 1]."""

@@ -189,13 +189,20 @@ class LlamaCppBackend:
 
     def prefill(self, tokens: Sequence[int]) -> None:
         for start in range(0, len(tokens), self._n_batch):
-            self._decode(tokens[start : start + self._n_batch], logits=False)
+            piece = tokens[start : start + self._n_batch]
+            self._decode(piece, scored_from=len(piece))
+
+    def score_prompt(self, tokens: Sequence[int]) -> torch.Tensor:
+        last = (len(tokens) - 1) // self._n_batch * self._n_batch  # start of the last piece
+        self.prefill(tokens[:last])
+        self._decode(tokens[last:], scored_from=len(tokens) - last - 1)
+        return torch.from_numpy(self._logits(1)[0].copy())  # [vocab], outlives the buffer
 
     def forward(self, tokens: Sequence[int]) -> torch.Tensor:
         """[k, vocab] logits. Up to EXACT_BATCH tokens this is a view of llama.cpp's buffer,
         valid until the next call; longer drafts are decoded in exact-size pieces and copied."""
         if len(tokens) <= EXACT_BATCH:
-            self._decode(tokens, logits=True)
+            self._decode(tokens)
             return torch.from_numpy(self._logits(len(tokens)))
         return torch.from_numpy(self._score_in_pieces(tokens, hidden=False)[0])
 
@@ -220,7 +227,7 @@ class LlamaCppBackend:
         for start in range(0, len(tokens), EXACT_BATCH):
             piece = tokens[start : start + EXACT_BATCH]
             rows = slice(start, start + len(piece))
-            self._decode(piece, logits=True)
+            self._decode(piece)
             logits[rows] = self._logits(len(piece))
             if states is not None:
                 embeddings = lc.llama_get_embeddings(self._ctx)
@@ -235,7 +242,8 @@ class LlamaCppBackend:
             lc.llama_memory_seq_rm(self._memory, SEQ, length, -1)
             self._length = length
 
-    def _decode(self, tokens: Sequence[int], logits: bool) -> None:
+    def _decode(self, tokens: Sequence[int], scored_from: int = 0) -> None:
+        """One llama_decode; tokens from index ``scored_from`` on get a row of logits."""
         batch = self._batch
         batch.n_tokens = len(tokens)
         for i, token in enumerate(tokens):
@@ -243,7 +251,7 @@ class LlamaCppBackend:
             batch.pos[i] = self._length + i
             batch.n_seq_id[i] = 1
             batch.seq_id[i][0] = SEQ
-            batch.logits[i] = logits
+            batch.logits[i] = i >= scored_from
         status = lc.llama_decode(self._ctx, batch)
         if status != 0:
             raise ModelError(

@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreT
 from transformers.utils import logging as hf_logging
 
 from adaspec.backends.base import BACKENDS
+from adaspec.backends.packed_linear import pack_linears
 from adaspec.errors import ModelError
 from adaspec.models import cache_dir, check_gguf_file
 
@@ -81,6 +82,7 @@ class TorchBackend:
         torch_dtype = _dtype(dtype, device)
         folder = hf_folder(path)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype).to(device)
+        pack_linears(model)  # fp32 on CPU only: makes verifying k tokens far cheaper than k steps
         tokenizer = HFTokenizer(AutoTokenizer.from_pretrained(folder))
         return cls(model, tokenizer, label=str(path))
 
@@ -90,7 +92,7 @@ class TorchBackend:
 
     @property
     def vocab_size(self) -> int:
-        return int(self.model.get_output_embeddings().weight.shape[0])
+        return int(self.model.get_output_embeddings().out_features)
 
     @property
     def context_length(self) -> int:
@@ -115,6 +117,10 @@ class TorchBackend:
     def prefill(self, tokens: Sequence[int]) -> None:
         if tokens:
             self._run(tokens, logits_to_keep=1)
+
+    @torch.inference_mode()
+    def score_prompt(self, tokens: Sequence[int]) -> torch.Tensor:
+        return self._run(tokens, logits_to_keep=1)[0, -1]  # [vocab]
 
     @torch.inference_mode()
     def forward(self, tokens: Sequence[int]) -> torch.Tensor:

@@ -92,7 +92,10 @@ class GoodputPolicy(PolicyDefaults):
 
     def observe(self, outcome: StepOutcome) -> None:
         context = self.verify.context + outcome.emitted
-        self.verify.observe(outcome.drafted + 1, outcome.verify_s * 1000, context)
+        if outcome.positions:
+            self.verify.observe(outcome.positions, outcome.verify_s * 1000, context)
+        else:
+            self.verify.context = context
         if not outcome.drafter:
             return
         if outcome.proposed:
