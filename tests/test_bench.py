@@ -51,6 +51,9 @@ def test_bench_end_to_end(questions, model_dir, draft_dir, tmp_path):
     methods = {r["method"] for r in results["runs"]}
     assert {"none", "ngram:heuristic", "model:fixed", "transformers"} <= methods
     assert len(results["runs"]) == 3 * 2 * len(methods)  # questions x repeats x methods
+    in_order = [json.loads(line)["method"] for line in (out / "runs.jsonl").open()]
+    firsts = in_order[:: len(methods)]  # the method that opened each round
+    assert len(set(firsts)) == min(len(methods), 3 * 2)  # no method always goes first
     assert results["meta"]["versions"]["torch"]
     text = (out / "report.md").read_text()
     assert "| model:fixed |" in text and "summarization" in text

@@ -1,6 +1,8 @@
 """The measurement loop: warm-up, then every method on each question in turn, so that
-machine drift hits all methods alike. Each run is appended to runs.jsonl as it finishes,
-which is what ``--resume`` reads back."""
+machine drift hits all methods alike, starting from a different method each time, so that
+no method always runs first after another library's (a shared CPU's speed drifts by 10% and
+more from one run to the next). Each run is appended to runs.jsonl as it finishes, which
+is what ``--resume`` reads back."""
 
 from __future__ import annotations
 
@@ -35,6 +37,12 @@ def load_runs(out_dir: Path) -> list[Run]:
     return [Run(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
 
 
+def rotated(methods: Sequence[Method], turn: int) -> list[Method]:
+    """The methods in order, starting at number ``turn`` (modulo their count)."""
+    start = turn % len(methods)
+    return [*methods[start:], *methods[:start]]
+
+
 def measure(
     methods: Sequence[Method],
     questions: Sequence[Question],
@@ -53,11 +61,11 @@ def measure(
     for method in methods:  # warm-up: caches, threads and allocators settle before timing
         method.run(prompts[questions[0].question_id], WARMUP_TOKENS)
     runs = list(previous)
+    rounds = [(q, repeat) for q in questions for repeat in range(repeats)]
     todo = [
         (q, repeat, m)
-        for q in questions
-        for repeat in range(repeats)
-        for m in methods
+        for turn, (q, repeat) in enumerate(rounds)
+        for m in rotated(methods, turn)
         if (m.name, q.question_id, repeat) not in done
     ]
     with runs_path(out_dir).open("a" if resume else "w") as sink:
