@@ -47,8 +47,11 @@ class VerifyCost:
         self.context = context
 
     def observe(self, n: int, ms: float, context: int) -> None:
+        """A step that ran a forward over n positions (n = 0: the prefill had scored its
+        only row, so it says nothing of a forward's cost) and left this much context."""
         self.context = context
-        self.seen.setdefault(n, Ewma()).add(ms)
+        if n:
+            self.seen.setdefault(n, Ewma()).add(ms)
 
     def explored_limit(self) -> int:
         """The most positions worth verifying before more is known: twice the largest size

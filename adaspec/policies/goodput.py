@@ -92,10 +92,7 @@ class GoodputPolicy(PolicyDefaults):
 
     def observe(self, outcome: StepOutcome) -> None:
         context = self.verify.context + outcome.emitted
-        if outcome.positions:
-            self.verify.observe(outcome.positions, outcome.verify_s * 1000, context)
-        else:
-            self.verify.context = context
+        self.verify.observe(outcome.positions, outcome.verify_s * 1000, context)
         if not outcome.drafter:
             return
         if outcome.proposed:
