@@ -13,7 +13,7 @@ from adaspec.drafters.auto import AutoDrafter
 from adaspec.drafters.base import Draft
 from adaspec.engine import Engine
 from adaspec.policies.base import Budget
-from adaspec.policies.estimates import VerifyCost
+from adaspec.policies.estimates import Calibration, VerifyCost
 from adaspec.policies.goodput import GoodputPolicy, best_length, best_prefix, expected_tokens
 from adaspec.state import DecodeState
 from adaspec.stats import StepOutcome
@@ -159,6 +159,34 @@ def test_costs_carry_over_to_the_next_request_and_acceptance_does_not():
     second = simulate(policy, COSTS["cpu-linear"], lambda step: 0.9, 30, seed=1)
     assert sum(second) == 0, second
     assert policy.acceptance.rate("synthetic") == policy.acceptance.prior
+
+
+def test_what_a_confidence_means_carries_over_to_the_next_request():
+    """A drafter whose confident tokens are mostly rejected: the first request learns it by
+    missing, the next starts from what was learned instead of the raw confidence."""
+    policy = GoodputPolicy(12)
+    fn = COSTS["cpu-measured"]
+    first = simulate(policy, fn, lambda step: 0.1, 30, confidence=0.9)
+    assert sum(first[:3]) > 0  # the raw confidence makes the first request try
+    second = simulate(policy, fn, lambda step: 0.1, 30, confidence=0.9, seed=1)
+    assert sum(second[:10]) == 0, second
+    assert policy.calibration.probability("synthetic", 0.9) < 0.3
+
+
+def test_carried_calibration_fades_toward_the_raw_confidence():
+    """Each new request halves the weight of earlier ones, so a workload that changes is
+    not judged by an old one forever; bins never seen keep the raw confidence."""
+    calibration = Calibration(carry=0.5, pseudo=2.0)
+    calibration.start()
+    for _ in range(10):
+        calibration.observe("ngram", [0.9, 0.9], 0)  # the first token is rejected each time
+    calibration.start()
+    assert calibration.probability("ngram", 0.9) == pytest.approx(1.8 / 7)  # 0 of 5, 2 at 0.9
+    for _ in range(20):
+        calibration.start()
+    assert calibration.probability("ngram", 0.9) == pytest.approx(0.9, abs=1e-3)
+    assert calibration.probability("ngram", 0.6) == 0.6
+    assert calibration.probability("model", 0.9) == 0.9
 
 
 def test_verify_cost_interpolates_and_extrapolates():

@@ -1,8 +1,12 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
-from adaspec.drafters.ngram import prompt_lookup
+from adaspec.config import SamplingParams
+from adaspec.drafters.ngram import NgramDrafter, copy_confidences, match_confidence, prompt_lookup
+from adaspec.policies.base import Budget
+from adaspec.state import DecodeState
 
 
 @pytest.mark.parametrize(
@@ -25,3 +29,16 @@ def test_prompt_lookup_table(tokens, k, expected):
 
 def test_min_ngram_limits_fallback():
     assert prompt_lookup([5, 6, 7, 5], 2, max_ngram=3, min_ngram=2) == []
+
+
+def test_each_copied_token_has_the_confidence_of_the_match_it_extends():
+    """Token i of a copy is tested only after i accepted ones, when the text ends in an
+    (n + i)-gram seen before."""
+    assert copy_confidences(2, 3) == [match_confidence(2), match_confidence(3), match_confidence(4)]
+    assert copy_confidences(0, 3) == []
+    draft = NgramDrafter().propose(
+        DecodeState([5, 6, 7, 8, 9, 5, 6], 7, SamplingParams(), torch.Generator()), Budget(3)
+    )
+    assert draft.tokens == [7, 8, 9]
+    assert draft.confidences == copy_confidences(2, 3)
+    assert draft.confidences[0] < draft.confidences[1] < draft.confidences[2]

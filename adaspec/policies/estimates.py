@@ -2,9 +2,11 @@
 likely the target is to accept a drafted token.
 
 Acceptance estimates describe the text, so they start afresh with each request and follow
-it as it changes (a copy phase, free prose). Costs describe the machine, so they carry over
-from request to request, still weighted toward recent steps to follow other load and a
-longer context; a new request does not pay again to learn what a forward costs here.
+it as it changes (a copy phase, free prose); only what a drafter's confidence means (the
+calibration) carries over, as the prior each request starts from. Costs describe the
+machine, so they carry over from request to request, still weighted toward recent steps to
+follow other load and a longer context; a new request does not pay again to learn what a
+forward costs here.
 """
 
 from __future__ import annotations
@@ -131,24 +133,34 @@ class Calibration:
     """A drafter's per-token confidence mapped to the acceptance rate seen for such tokens.
 
     Raw confidences (a draft model's top probability, an n-gram's match length) are rarely
-    probabilities of acceptance; the goodput decision needs probabilities. Per drafter and
-    confidence bin, the raw value is the prior and what this request shows overrides it.
+    probabilities of acceptance; the goodput decision needs probabilities. How confidence
+    maps to acceptance belongs to the drafter and the model pair more than to one text, so
+    it carries over from request to request: a bin's prior is its pooled counts over earlier
+    requests (discounted by ``carry`` at each new request, to follow a change of workload)
+    plus ``pseudo`` tokens at the raw confidence. Within a request, the bin moves toward this
+    request's evidence and drifts back to that prior.
     """
 
     EDGES = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 
-    def __init__(self) -> None:
-        self.estimates: dict[tuple[str, int], Recalling] = {}
+    def __init__(self, carry: float = 0.5, pseudo: float = 2.0) -> None:
+        self.carry = carry
+        self.pseudo = pseudo
+        self.estimates: dict[tuple[str, int], Recalling] = {}  # this request's
+        self.pooled: dict[tuple[str, int], list[float]] = {}  # [accepted, tried], all requests
 
     def start(self) -> None:
         self.estimates.clear()
+        for counts in self.pooled.values():
+            counts[0] *= self.carry
+            counts[1] *= self.carry
 
     def observe(self, drafter: str, confidences: Sequence[float], accepted: int) -> None:
         tried = confidences[: accepted + 1]  # tokens after the first rejection were not tested
         counts: dict[tuple[str, int], list[int]] = {}
         for i, confidence in enumerate(tried):
             key = (drafter, self._bin(confidence))
-            self.estimates.setdefault(key, Recalling(confidence))
+            self.estimates.setdefault(key, Recalling(self._prior(key, confidence)))
             hits = counts.setdefault(key, [0, 0])
             hits[0] += 1 if i < accepted else 0
             hits[1] += 1
@@ -157,10 +169,19 @@ class Calibration:
                 estimate.update(counts[key][0] / counts[key][1])
             elif key[0] == drafter:
                 estimate.idle()
+        for key, (hits, total) in counts.items():
+            pooled = self.pooled.setdefault(key, [0.0, 0.0])
+            pooled[0] += hits
+            pooled[1] += total
 
     def probability(self, drafter: str, confidence: float) -> float:
-        estimate = self.estimates.get((drafter, self._bin(confidence)))
-        return estimate.value if estimate else confidence
+        key = (drafter, self._bin(confidence))
+        estimate = self.estimates.get(key)
+        return estimate.value if estimate else self._prior(key, confidence)
+
+    def _prior(self, key: tuple[str, int], confidence: float) -> float:
+        accepted, tried = self.pooled.get(key, (0.0, 0.0))
+        return (accepted + self.pseudo * confidence) / (tried + self.pseudo)
 
     def _bin(self, confidence: float) -> int:
         return bisect_right(self.EDGES, confidence)
