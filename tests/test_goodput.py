@@ -94,13 +94,18 @@ def goodput_of(k: int, acceptance: float, cost) -> float:
 @pytest.mark.parametrize("acceptance", [0.5, 0.8, 0.95])
 def test_policy_settles_on_the_best_length(cost, acceptance):
     """With costs measured online and acceptance learned online, the lengths chosen after a
-    warm-up reach (within 10%) the goodput of the brute-force optimum."""
+    warm-up reach (within 10%) the goodput of the brute-force optimum where speculating
+    pays clearly, and at least plain decoding's where it barely pays."""
     fn = COSTS[cost]
     lengths = simulate(GoodputPolicy(12), fn, lambda step: acceptance, 120)
     best = goodput_of(brute_force(acceptance, fn, 0.0, 12), acceptance, fn)
     late = lengths[60:]
     achieved = sum(goodput_of(k, acceptance, fn) for k in late) / len(late)
-    assert achieved >= 0.9 * best, (lengths, best)
+    plain = goodput_of(0, acceptance, fn)
+    if best >= 1.25 * plain:
+        assert achieved >= 0.9 * best, (lengths, best)
+    else:  # near break-even the policy is cautious by design, but never slower than plain
+        assert achieved >= plain, (lengths, best)
 
 
 def test_policy_with_a_cost_profile_never_speculates_on_linear_cost():
@@ -124,6 +129,24 @@ def test_a_step_the_prefill_scored_teaches_only_the_cost_of_what_ran():
     policy.observe(StepOutcome(3, 3, 4, 0.0, 0.3, drafter="ngram", proposed=3, prescored=True))
     assert set(policy.verify.seen) == {3} and policy.verify.ms(3) == pytest.approx(300.0)
     assert policy.verify.context == 3 + 1 + 4
+
+
+def test_the_first_step_drafts_only_what_beats_the_token_the_prefill_gave():
+    """On a request's first step the prefill has scored the next token: without a draft
+    the step costs nothing, so a draft must pay its whole forward, not just the increase
+    over a one-token step."""
+    policy = GoodputPolicy(8)
+    for n in (1, 2, 3):  # cpu-measured: 55, 71, 87 ms
+        policy.verify.observe(n, COSTS["cpu-measured"](n), 10)
+    state = DecodeState([1, 2, 3], 3, SamplingParams(), torch.Generator())
+    policy.start(state)
+    draft = Draft([7], None, [0.5], "ngram")
+    policy.calibration.caution = 0.0
+    policy.budget(state)
+    assert policy.trim(draft) == 1  # a later step: 1.5 tokens in 71 ms beats 1 in 55
+    state.next_logits = torch.zeros(8)
+    policy.budget(state)
+    assert policy.trim(draft) == 0  # the first: 0.5 more tokens for 55 ms does not
 
 
 def test_policy_adapts_when_acceptance_drops_mid_generation():
@@ -162,31 +185,49 @@ def test_costs_carry_over_to_the_next_request_and_acceptance_does_not():
 
 
 def test_what_a_confidence_means_carries_over_to_the_next_request():
-    """A drafter whose confident tokens are mostly rejected: the first request learns it by
-    missing, the next starts from what was learned instead of the raw confidence."""
-    policy = GoodputPolicy(12)
-    fn = COSTS["cpu-measured"]
-    first = simulate(policy, fn, lambda step: 0.1, 30, confidence=0.9)
-    assert sum(first[:3]) > 0  # the raw confidence makes the first request try
-    second = simulate(policy, fn, lambda step: 0.1, 30, confidence=0.9, seed=1)
-    assert sum(second[:10]) == 0, second
-    assert policy.calibration.probability("synthetic", 0.9) < 0.3
-
-
-def test_carried_calibration_fades_toward_the_raw_confidence():
-    """Each new request halves the weight of earlier ones, so a workload that changes is
-    not judged by an old one forever; bins never seen keep the raw confidence."""
-    calibration = Calibration(carry=0.5, pseudo=2.0)
+    """Rejected tokens of one confidence lower that confidence's rate for later requests;
+    a confidence never tested keeps its raw value, and one not tested for a while drifts
+    back to it, so it is tried again."""
+    calibration = Calibration()
     calibration.start()
     for _ in range(10):
         calibration.observe("ngram", [0.9, 0.9], 0)  # the first token is rejected each time
     calibration.start()
-    assert calibration.probability("ngram", 0.9) == pytest.approx(1.8 / 7)  # 0 of 5, 2 at 0.9
+    assert calibration.rate("ngram", 0.9) < 0.3
+    assert calibration.probability("ngram", 0.9) < Calibration().probability("ngram", 0.9)
+    assert calibration.rate("ngram", 0.6) == 0.6
+    assert calibration.rate("model", 0.9) == 0.9
+    for _ in range(300):
+        calibration.observe("ngram", [], 0)  # steps that verified nothing
+    assert calibration.rate("ngram", 0.9) == pytest.approx(0.9, abs=0.01)
+
+
+def test_a_miss_makes_every_confidence_less_likely_in_this_request_only():
+    """The text's offset is shared by all confidences of a drafter: rejections after short
+    matches lower the chance of long ones too, until the next request."""
+    calibration = Calibration()
+    calibration.start()
+    before = calibration.probability("ngram", 0.95)
+    calibration.observe("ngram", [0.5, 0.6], 0)
+    calibration.observe("ngram", [0.5], 0)
+    assert calibration.probability("ngram", 0.95) < before - 0.1
+    assert calibration.rate("ngram", 0.95) == 0.95
+    calibration.start()
+    assert calibration.probability("ngram", 0.95) == pytest.approx(before)
+
+
+def test_caution_shrinks_as_the_text_shows_evidence():
+    """Planning uses a pessimistic offset; consistent evidence narrows the gap to the
+    estimate (the rate of a confidence the target always accepts approaches 1)."""
+    calibration = Calibration(caution=0.5)
+    calibration.start()
+    gap_before = calibration.rate("ngram", 0.8) - calibration.probability("ngram", 0.8)
+    assert gap_before > 0
     for _ in range(20):
-        calibration.start()
-    assert calibration.probability("ngram", 0.9) == pytest.approx(0.9, abs=1e-3)
-    assert calibration.probability("ngram", 0.6) == 0.6
-    assert calibration.probability("model", 0.9) == 0.9
+        calibration.observe("ngram", [0.8, 0.8, 0.8, 0.8], 4)
+    assert calibration.probability("ngram", 0.8) > 0.9
+    gap_after = calibration.rate("ngram", 0.8) - calibration.probability("ngram", 0.8)
+    assert gap_after < gap_before / 10
 
 
 def test_verify_cost_interpolates_and_extrapolates():

@@ -11,6 +11,7 @@ forward costs here.
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_right
 from collections.abc import Sequence
 
@@ -130,58 +131,99 @@ class Acceptance:
 
 
 class Calibration:
-    """A drafter's per-token confidence mapped to the acceptance rate seen for such tokens.
+    """A drafter's per-token confidence mapped to the probability that the target accepts
+    the token, as a logistic model: logit P = logit(the confidence's rate) + this text's
+    offset.
 
     Raw confidences (a draft model's top probability, an n-gram's match length) are rarely
-    probabilities of acceptance; the goodput decision needs probabilities. How confidence
-    maps to acceptance belongs to the drafter and the model pair more than to one text, so
-    it carries over from request to request: a bin's prior is its pooled counts over earlier
-    requests (discounted by ``carry`` at each new request, to follow a change of workload)
-    plus ``pseudo`` tokens at the raw confidence. Within a request, the bin moves toward this
-    request's evidence and drifts back to that prior.
+    probabilities of acceptance. What a confidence bin means belongs to the drafter and the
+    model pair more than to one text, so a bin's rate counts tested tokens over all requests,
+    the older weighing less (``memory``: the weight left to a count after one step), from
+    ``pseudo`` tokens at the raw confidence; a bin not tried for a while drifts back to the
+    raw confidence and gets tried again. How much likelier this text is to be copied or
+    predicted than the average is one number per request and drafter, the offset: it starts
+    at 0 with variance ``spread``, follows each tested token by an online Newton step and
+    forgets (``forget`` of its precision, ``revert`` of its mean toward 0, each step), so a
+    miss after a short match also makes long matches less likely now, and a text that
+    changes is followed within a few steps. Decisions use the offset ``caution`` standard
+    deviations below its mean: the best-looking draft is the one whose chance is most
+    overestimated (the optimizer's curse), most of all before the text has shown anything.
     """
 
     EDGES = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 
-    def __init__(self, carry: float = 0.5, pseudo: float = 2.0) -> None:
-        self.carry = carry
+    def __init__(
+        self,
+        memory: float = 0.98,
+        pseudo: float = 2.0,
+        spread: float = 4.0,
+        forget: float = 0.2,
+        revert: float = 0.05,
+        caution: float = 0.2,
+    ) -> None:
+        self.memory = memory
         self.pseudo = pseudo
-        self.estimates: dict[tuple[str, int], Recalling] = {}  # this request's
-        self.pooled: dict[tuple[str, int], list[float]] = {}  # [accepted, tried], all requests
+        self.spread = spread
+        self.forget = forget
+        self.revert = revert
+        self.caution = caution
+        self.counts: dict[tuple[str, int], list[float]] = {}  # [accepted, tried], all requests
+        self.offsets: dict[str, list[float]] = {}  # this request: drafter -> [mean, precision]
 
     def start(self) -> None:
-        self.estimates.clear()
-        for counts in self.pooled.values():
-            counts[0] *= self.carry
-            counts[1] *= self.carry
+        self.offsets.clear()
 
     def observe(self, drafter: str, confidences: Sequence[float], accepted: int) -> None:
+        self._age(drafter)
         tried = confidences[: accepted + 1]  # tokens after the first rejection were not tested
-        counts: dict[tuple[str, int], list[int]] = {}
-        for i, confidence in enumerate(tried):
-            key = (drafter, self._bin(confidence))
-            self.estimates.setdefault(key, Recalling(self._prior(key, confidence)))
-            hits = counts.setdefault(key, [0, 0])
-            hits[0] += 1 if i < accepted else 0
-            hits[1] += 1
-        for key, estimate in self.estimates.items():
-            if key in counts:
-                estimate.update(counts[key][0] / counts[key][1])
-            elif key[0] == drafter:
-                estimate.idle()
-        for key, (hits, total) in counts.items():
-            pooled = self.pooled.setdefault(key, [0.0, 0.0])
-            pooled[0] += hits
-            pooled[1] += total
+        outcomes = [1.0 if i < accepted else 0.0 for i in range(len(tried))]
+        self._fit_offset(drafter, tried, outcomes)
+        for confidence, y in zip(tried, outcomes, strict=True):
+            counts = self.counts.setdefault((drafter, self._bin(confidence)), [0.0, 0.0])
+            counts[0] += y
+            counts[1] += 1.0
 
     def probability(self, drafter: str, confidence: float) -> float:
-        key = (drafter, self._bin(confidence))
-        estimate = self.estimates.get(key)
-        return estimate.value if estimate else self._prior(key, confidence)
+        """The acceptance probability to plan with, for a token of this confidence."""
+        mean, precision = self.offsets.get(drafter, (0.0, 1.0 / self.spread))
+        offset = mean - self.caution / math.sqrt(precision)
+        return _sigmoid(_logit(self.rate(drafter, confidence)) + offset)
 
-    def _prior(self, key: tuple[str, int], confidence: float) -> float:
-        accepted, tried = self.pooled.get(key, (0.0, 0.0))
+    def rate(self, drafter: str, confidence: float) -> float:
+        """The share of such tokens accepted so far, recent ones weighing most (before any:
+        the raw confidence)."""
+        accepted, tried = self.counts.get((drafter, self._bin(confidence)), (0.0, 0.0))
         return (accepted + self.pseudo * confidence) / (tried + self.pseudo)
+
+    def _age(self, drafter: str) -> None:
+        """One step older: counts weigh less, the offset leans back toward 0 and its
+        precision toward the prior's."""
+        offset = self.offsets.setdefault(drafter, [0.0, 1.0 / self.spread])
+        offset[0] *= 1.0 - self.revert
+        offset[1] += self.forget * (1.0 / self.spread - offset[1])
+        for key, counts in self.counts.items():
+            if key[0] == drafter:
+                counts[0] *= self.memory
+                counts[1] *= self.memory
+
+    def _fit_offset(
+        self, drafter: str, confidences: Sequence[float], outcomes: Sequence[float]
+    ) -> None:
+        """One Newton step of the logistic log-likelihood in the offset (outcomes: 1.0
+        accepted, 0.0 rejected)."""
+        offset = self.offsets[drafter]
+        predicted = [_sigmoid(_logit(self.rate(drafter, c)) + offset[0]) for c in confidences]
+        offset[1] += sum(p * (1.0 - p) for p in predicted)
+        offset[0] += sum(y - p for y, p in zip(outcomes, predicted, strict=True)) / offset[1]
 
     def _bin(self, confidence: float) -> int:
         return bisect_right(self.EDGES, confidence)
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-6), 1.0 - 1e-6)
+    return math.log(p / (1.0 - p))
+
+
+def _sigmoid(x: float) -> float:
+    return 0.5 * (1.0 + math.tanh(0.5 * x))  # no overflow for any x

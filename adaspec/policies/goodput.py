@@ -65,6 +65,7 @@ class GoodputPolicy(PolicyDefaults):
         self.acceptance = Acceptance()
         self.calibration = Calibration()
         self.draft_ms: dict[str, Ewma] = {}  # per drafter: ms per proposed token
+        self.prescored = False  # the step under way has its first row from the prefill
 
     @classmethod
     def create(cls, k: int | None, target: Backend) -> GoodputPolicy:
@@ -80,6 +81,7 @@ class GoodputPolicy(PolicyDefaults):
         self.draft_ms = {}
 
     def budget(self, state: DecodeState) -> Budget:
+        self.prescored = state.next_logits is not None
         per = {name: Budget(self._length(name)) for name in self.draft_ms}
         return Budget(PROBE, per_drafter=per)
 
@@ -88,7 +90,7 @@ class GoodputPolicy(PolicyDefaults):
         probs += [self.acceptance.rate(draft.source)] * (len(draft.tokens) - len(probs))
         probs = probs[: self.verify.explored_limit() - 1]
         spent = self._draft_ms(draft.source) * len(draft.tokens)
-        return best_prefix(probs, self.verify.ms, spent)
+        return best_prefix(probs, self._step_ms, spent)
 
     def observe(self, outcome: StepOutcome) -> None:
         context = self.verify.context + outcome.emitted
@@ -106,7 +108,16 @@ class GoodputPolicy(PolicyDefaults):
         draft_ms = self._draft_ms(drafter)
         if draft_ms * k_max <= FREE_DRAFT * self.verify.ms(1):
             return k_max  # drafting is free: draft all, trim() decides what to verify
-        return best_length(self.acceptance.rate(drafter), self.verify.ms, draft_ms, k_max)
+        return best_length(self.acceptance.rate(drafter), self._step_ms, draft_ms, k_max)
+
+    def _step_ms(self, n: int) -> float:
+        """Milliseconds of a step that scores n positions. When the prefill has scored the
+        first (a request's first step), the forward runs only n - 1; the step is still
+        charged a one-token forward for that row, so a draft must beat plain decoding's rate
+        (1 token per ``ms(1)``) rather than a step that would cost nothing without it."""
+        if not self.prescored:
+            return self.verify.ms(n)
+        return self.verify.ms(1) + (self.verify.ms(n - 1) if n > 1 else 0.0)
 
     def _draft_ms(self, drafter: str) -> float:
         estimate = self.draft_ms.get(drafter)
