@@ -185,9 +185,8 @@ class Calibration:
 
     def probability(self, drafter: str, confidence: float) -> float:
         """The acceptance probability to plan with, for a token of this confidence."""
-        mean, precision = self.offsets.get(drafter, (0.0, 1.0 / self.spread))
-        offset = mean - self.caution / math.sqrt(precision)
-        return _sigmoid(_logit(self.rate(drafter, confidence)) + offset)
+        mean, precision = self.offsets.get(drafter, (0.0, self._prior_precision()))
+        return self._predict(drafter, confidence, mean - self.caution / math.sqrt(precision))
 
     def rate(self, drafter: str, confidence: float) -> float:
         """The share of such tokens accepted so far, recent ones weighing most (before any:
@@ -198,9 +197,9 @@ class Calibration:
     def _age(self, drafter: str) -> None:
         """One step older: counts weigh less, the offset leans back toward 0 and its
         precision toward the prior's."""
-        offset = self.offsets.setdefault(drafter, [0.0, 1.0 / self.spread])
+        offset = self.offsets.setdefault(drafter, [0.0, self._prior_precision()])
         offset[0] *= 1.0 - self.revert
-        offset[1] += self.forget * (1.0 / self.spread - offset[1])
+        offset[1] += self.forget * (self._prior_precision() - offset[1])
         for key, counts in self.counts.items():
             if key[0] == drafter:
                 counts[0] *= self.memory
@@ -212,9 +211,16 @@ class Calibration:
         """One Newton step of the logistic log-likelihood in the offset (outcomes: 1.0
         accepted, 0.0 rejected)."""
         offset = self.offsets[drafter]
-        predicted = [_sigmoid(_logit(self.rate(drafter, c)) + offset[0]) for c in confidences]
+        predicted = [self._predict(drafter, c, offset[0]) for c in confidences]
         offset[1] += sum(p * (1.0 - p) for p in predicted)
         offset[0] += sum(y - p for y, p in zip(outcomes, predicted, strict=True)) / offset[1]
+
+    def _predict(self, drafter: str, confidence: float, offset: float) -> float:
+        """The model's probability for a token of this confidence, given the offset."""
+        return _sigmoid(_logit(self.rate(drafter, confidence)) + offset)
+
+    def _prior_precision(self) -> float:
+        return 1.0 / self.spread
 
     def _bin(self, confidence: float) -> int:
         return bisect_right(self.EDGES, confidence)
