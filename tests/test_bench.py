@@ -118,6 +118,20 @@ def test_mismatch_names_the_first_differing_token():
     assert problems == ["x on question 7 (repeat 0): differs from none at token 2 (3 vs 3 tokens)"]
 
 
+def test_decode_only_speedup_leaves_the_prefill_out():
+    def run(method, wall, prefill, category="qa"):
+        return Run(method, 7, category, 0, 11, wall, prefill_s=prefill)
+
+    runs = [run("none", 12.0, 2.0), run("fast", 7.0, 2.0), run("transformers", 6.0, None)]
+    cells = report.table(runs)
+    assert cells["none"]["qa"].decode_tokens_per_s == pytest.approx(10 / 10.0)
+    assert cells["fast"]["qa"].decode_tokens_per_s == pytest.approx(10 / 5.0)
+    assert cells["transformers"]["qa"].decode_tokens_per_s is None  # peers: no prefill known
+    text = report.markdown(cells, "none", ["transformers"], [], "# bench")
+    decode = text.split("## Decode only")[1].split("##")[0]
+    assert "| fast | 2.00× | 2.00× |" in decode and "transformers" not in decode
+
+
 def test_question_file_errors(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question_id": 1}\n')

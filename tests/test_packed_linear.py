@@ -6,7 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adaspec.backends.packed_linear import PackedLinear, pack_linears, packing_available
+from adaspec.backends.packed_linear import (
+    DENSE_ROWS,
+    PackedLinear,
+    pack_linears,
+    packing_available,
+)
 from adaspec.config import GenerationConfig
 from adaspec.drafters.model import ModelDrafter
 from adaspec.drafters.ngram import NgramDrafter
@@ -23,13 +28,24 @@ def packed_fp32(seed: int = 0) -> torch.nn.Module:
     return model
 
 
-def test_packed_linear_computes_what_linear_computes():
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 9])
+def test_packed_linear_computes_what_linear_computes(rows):
     torch.manual_seed(0)
     for bias in (True, False):
         linear = torch.nn.Linear(24, 40, bias=bias)
-        x = torch.randn(2, 5, 24)
+        x = torch.randn(1, rows, 24)
         with torch.inference_mode():
             assert torch.allclose(PackedLinear(linear)(x), linear(x), atol=1e-5)
+
+
+def test_two_and_three_rows_come_from_the_dense_weight():
+    layer = PackedLinear(torch.nn.Linear(8, 4, bias=False))
+    with torch.inference_mode():
+        layer.dense.zero_()  # only the dense path can now return zeros
+        for rows in range(1, 6):
+            zeros = not layer(torch.randn(rows, 8)).any()
+            assert zeros == (rows in DENSE_ROWS), rows
+    assert PackedLinear(torch.nn.Linear(8, 4), dense_rows=()).dense is None  # no second copy
 
 
 def test_only_fp32_cpu_layers_are_packed():

@@ -36,6 +36,7 @@ class Run:
     accepted: int | None = None
     draft_s: float | None = None
     verify_s: float | None = None
+    prefill_s: float | None = None  # the prompt's forward, which also gives the first token
     accepted_per_step: list[int] = field(default_factory=list)
     peak_rss_mb: float = 0.0  # the process's peak resident memory after this run
 
@@ -89,6 +90,7 @@ class AdaspecMethod:
             "accepted": stats["accepted"],
             "draft_s": stats["draft_s"],
             "verify_s": stats["verify_s"],
+            "prefill_s": stats["prefill_s"],
             "accepted_per_step": [s.accepted for s in result.stats.steps],
         }
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,6 +18,11 @@ RSS_NOTE = (
     "method shares one process and its loaded models, so it only grows down the table and "
     "bounds, rather than measures, one method's memory."
 )
+DECODE_NOTE = (
+    "Tokens after the first over the time after the prefill (adaspec methods only: peers do not "
+    "report their prefill). The prefill is the same work for every method; on a shared CPU its "
+    "noise on long prompts can exceed the effect of speculation."
+)
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,7 @@ class Cell:
 
     tokens_per_s: float  # median over repeats of (sum tokens / sum time)
     spread: tuple[float, float]  # min and max over repeats
+    decode_tokens_per_s: float | None  # the same after the prefill; None for peers
     mean_accepted: float | None  # new tokens per target forward
     acceptance_rate: float | None
     forwards_per_token: float | None
@@ -39,6 +45,7 @@ def cell(runs: Sequence[Run]) -> Cell:
     for run in runs:
         by_repeat[run.repeat].append(run)
     rates = [sum(r.new_tokens for r in rs) / sum(r.wall_s for r in rs) for rs in by_repeat.values()]
+    decode_rates = [_decode_rate(rs) for rs in by_repeat.values()]
     tokens = sum(r.new_tokens for r in runs)
     wall = sum(r.wall_s for r in runs)
     forwards = _total(runs, "target_forwards")
@@ -46,6 +53,7 @@ def cell(runs: Sequence[Run]) -> Cell:
     return Cell(
         tokens_per_s=statistics.median(rates),
         spread=(min(rates), max(rates)),
+        decode_tokens_per_s=None if None in decode_rates else statistics.median(decode_rates),
         mean_accepted=tokens / forwards if forwards else None,
         acceptance_rate=accepted / drafted if drafted else None,  # nothing drafted: no rate
         forwards_per_token=forwards / tokens if forwards and tokens else None,
@@ -53,6 +61,18 @@ def cell(runs: Sequence[Run]) -> Cell:
         verify_share=_share(runs, "verify_s", wall),
         peak_rss_mb=max(r.peak_rss_mb for r in runs),
     )
+
+
+def _decode_rate(runs: Sequence[Run]) -> float | None:
+    """Tokens after the first per second after the prefill: the part speculation changes.
+
+    The prompt's forward is the same work for every method, and on long prompts its run-to-run
+    noise on a shared CPU can be larger than the whole effect of speculation."""
+    if any(r.prefill_s is None for r in runs):
+        return None
+    seconds = sum(r.wall_s - r.prefill_s for r in runs)
+    tokens = sum(max(r.new_tokens - 1, 0) for r in runs)
+    return tokens / seconds if seconds > 0 else None
 
 
 def _total(runs: Sequence[Run], name: str) -> int | None:
@@ -114,18 +134,12 @@ def markdown(
     fastest_peer = max(peers, key=lambda p: cells[p][OVERALL].tokens_per_s) if peers else None
     base = cells[baseline]
     lines = [header, "", "## Speedup over adaspec autoregressive (`" + baseline + "`)", ""]
-    lines.append("| method | " + " | ".join(categories) + " | overall | mean accepted |")
-    lines.append("|---" * (len(categories) + 3) + "|")
-    for method, row in cells.items():
-        speedups = [
-            f"{row[c].tokens_per_s / base[c].tokens_per_s:.2f}×" for c in [*categories, OVERALL]
-        ]
-        accepted = row[OVERALL].mean_accepted
-        lines.append(
-            f"| {method} | " + " | ".join(speedups) + f" | {accepted:.2f} |"
-            if accepted is not None
-            else f"| {method} | " + " | ".join(speedups) + " | – |"
-        )
+    lines += _speedup_rows(cells, baseline, categories, lambda c: c.tokens_per_s)
+    decoding = {m: row for m, row in cells.items() if row[OVERALL].decode_tokens_per_s}
+    if baseline in decoding:
+        lines += ["", "## Decode only: the same, with each prompt's prefill left out", ""]
+        lines += [DECODE_NOTE, ""]
+        lines += _speedup_rows(decoding, baseline, categories, lambda c: c.decode_tokens_per_s)
     lines += ["", "## Overall, per method", ""]
     lines.append(
         "| method | tokens/s (min–max) | vs baseline | vs fastest peer | acceptance | "
@@ -154,6 +168,24 @@ def markdown(
     if fastest_peer:
         lines += ["", f"Fastest peer overall: `{fastest_peer}`."]
     return "\n".join(lines) + "\n"
+
+
+def _speedup_rows(
+    cells: dict[str, dict[str, Cell]],
+    baseline: str,
+    categories: Sequence[str],
+    rate: Callable[[Cell], float | None],
+) -> list[str]:
+    """A markdown table: each method's rate over the baseline's, per category and overall."""
+    lines = ["| method | " + " | ".join(categories) + " | overall | mean accepted |"]
+    lines.append("|---" * (len(categories) + 3) + "|")
+    base = cells[baseline]
+    for method, row in cells.items():
+        speedups = [f"{rate(row[c]) / rate(base[c]):.2f}×" for c in [*categories, OVERALL]]
+        lines.append(
+            f"| {method} | " + " | ".join(speedups) + f" | {_num(row[OVERALL].mean_accepted)} |"
+        )
+    return lines
 
 
 def _pct(value: float | None) -> str:
