@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from adaspec.backends.packed_linear import (
+    DENSE_FROM_ROWS,
     DENSE_ROWS,
     PackedLinear,
     pack_linears,
@@ -38,13 +39,13 @@ def test_packed_linear_computes_what_linear_computes(rows):
             assert torch.allclose(PackedLinear(linear)(x), linear(x), atol=1e-5)
 
 
-def test_two_and_three_rows_come_from_the_dense_weight():
+def test_two_three_and_many_rows_come_from_the_dense_weight():
     layer = PackedLinear(torch.nn.Linear(8, 4, bias=False))
     with torch.inference_mode():
         layer.dense.zero_()  # only the dense path can now return zeros
-        for rows in range(1, 6):
+        for rows in [1, 2, 3, 4, 5, DENSE_FROM_ROWS - 1, DENSE_FROM_ROWS]:
             zeros = not layer(torch.randn(rows, 8)).any()
-            assert zeros == (rows in DENSE_ROWS), rows
+            assert zeros == (rows in DENSE_ROWS or rows >= DENSE_FROM_ROWS), rows
     assert PackedLinear(torch.nn.Linear(8, 4), dense_rows=()).dense is None  # no second copy
 
 
