@@ -5,7 +5,10 @@ A peer whose library is missing is skipped with a note; nothing is ever simulate
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from unittest import mock
 
 from adaspec.bench.methods import TimedPeer
 
@@ -22,15 +25,16 @@ def llama_cpp_peers(
         return [], ["llama-cpp-python peers skipped: llama-cpp-python is not installed"]
 
     def make(draft) -> TimedPeer:
-        llm = Llama(
-            str(model),
-            n_ctx=n_ctx,
-            n_threads=threads,
-            n_threads_batch=threads,
-            draft_model=draft,
-            logits_all=draft is not None,  # its speculative path keeps every position's scores
-            verbose=False,
-        )
+        with _without_repacked_weights():
+            llm = Llama(
+                str(model),
+                n_ctx=n_ctx,
+                n_threads=threads,
+                n_threads_batch=threads,
+                draft_model=draft,
+                logits_all=draft is not None,  # its speculative path keeps all positions' scores
+                verbose=False,
+            )
 
         def generate(prompt: list[int], max_new: int) -> int:
             llm.reset()
@@ -47,6 +51,25 @@ def llama_cpp_peers(
             )
         )
     return peers, []
+
+
+@contextmanager
+def _without_repacked_weights() -> Iterator[None]:
+    """Load with the weight layout adaspec's llama.cpp backend uses (``use_extra_bufts`` off),
+    which ``Llama()`` has no argument for. With repacked layouts, llama.cpp 0.3.36 built without
+    llamafile dies of a segmentation fault in its first decode on an Intel Xeon (Sapphire
+    Rapids) with AMX. Without them, the peers run the same ggml kernels as adaspec."""
+    import llama_cpp.llama_cpp as lc
+
+    default = lc.llama_model_default_params
+
+    def params():
+        chosen = default()
+        chosen.use_extra_bufts = False
+        return chosen
+
+    with mock.patch.object(lc, "llama_model_default_params", params):
+        yield
 
 
 def transformers_peers(
