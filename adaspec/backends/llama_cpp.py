@@ -161,10 +161,12 @@ class LlamaCppBackend:
         params.n_ctx = n_ctx
         params.n_batch = params.n_ubatch = n_batch
         params.n_threads = params.n_threads_batch = self.threads
-        # ggml's CPU flash attention computes each query row on its own, so a row scores
-        # alike whatever the batch (tested: tests/test_integration.py); it prefills a prompt
-        # about 5% faster than plain attention on a two-core CPU, decoding at the same speed.
-        params.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        # No flash attention: on an Intel Xeon (Sapphire Rapids) ggml's CPU flash attention
+        # scores row 0 of a 2-token batch 0.57 apart in the logits from the same token decoded
+        # alone once the cache holds a few hundred tokens, which changed greedy output on a
+        # Spec-Bench rag question. Plain attention is bit-identical there (and it only cost
+        # about 5% of prefill speed on an AMD EPYC). Tested: tests/test_integration.py.
+        params.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
         return params
 
     @property
