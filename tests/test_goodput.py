@@ -8,6 +8,7 @@ import random
 import pytest
 import torch
 
+from adaspec import engine as engine_module
 from adaspec.config import GenerationConfig, SamplingParams
 from adaspec.drafters.auto import AutoDrafter
 from adaspec.drafters.base import Draft
@@ -271,11 +272,39 @@ def test_auto_drafter_follows_the_faster_arm_and_switches():
     assert picks[150:].count("b") >= 40, picks[150:]
 
 
-def test_goodput_and_auto_speculate_on_tiny_models_and_match_autoregressive():
+class FakeClock:
+    """The engine's clock, advanced only by the target's forwards: a tiny model's real
+    timings are overhead and noise, and would decide whether drafting pays."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class ClockedBackend:
+    """A backend whose forward over k positions takes 10 + k ms on the FakeClock: a
+    GPU-like cost, where speculation pays."""
+
+    def __init__(self, inner, clock: FakeClock) -> None:
+        self.inner, self.clock = inner, clock
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def forward(self, tokens):
+        self.clock.now += (10 + len(tokens)) / 1000
+        return self.inner.forward(tokens)
+
+
+def test_goodput_and_auto_speculate_on_tiny_models_and_match_autoregressive(monkeypatch):
     """The defaults draft (so the equality below is not vacuous) and stay lossless."""
-    target = backend(tiny_model())
+    clock = FakeClock()
+    monkeypatch.setattr(engine_module, "perf_counter", clock)
+    target = ClockedBackend(backend(tiny_model()), clock)
     prompt = [5, 9, 13, 5, 9, 13, 5, 9, 13, 5, 9, 13]
-    expected = ar_tokens(target, prompt, 40)
+    expected = ar_tokens(target.inner, prompt, 40)
     engine = Engine(target, DRAFTERS["auto"](target), GoodputPolicy(6))
     result = engine.generate(prompt, GenerationConfig(max_new_tokens=40))
     assert result.token_ids == expected
