@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from adaspec import engine as engine_module
 from adaspec.config import GenerationConfig, SamplingParams
 from adaspec.drafters.model import ModelDrafter
 from adaspec.drafters.none import NoDrafter
@@ -12,7 +13,15 @@ from adaspec.engine import Engine
 from adaspec.errors import ConfigError
 from adaspec.policies.fixed import FixedPolicy
 from adaspec.policies.goodput import GoodputPolicy
-from tests.tiny import DRAFTERS, POLICIES, ar_tokens, backend, tiny_model
+from tests.tiny import (
+    DRAFTERS,
+    POLICIES,
+    ClockedBackend,
+    FakeClock,
+    ar_tokens,
+    backend,
+    tiny_model,
+)
 
 PROMPTS = [[5], [3, 17, 42, 8], [9, 9, 9, 9, 9, 9], [11, 2, 30, 4, 50, 6, 70, 8, 90, 1, 2, 3]]
 LENGTHS = [1, 2, 9, 40]
@@ -167,17 +176,20 @@ def test_speculative_sampling_matches_target_distribution(sharp_pair):
     assert chi_square_p_value(counts, exact) > 1e-3
 
 
-def test_goodput_trimmed_sampling_matches_target_distribution(sharp_pair):
+def test_goodput_trimmed_sampling_matches_target_distribution(sharp_pair, monkeypatch):
     """Goodput decides after drafting how many sampled tokens to verify; the output is
-    still distributed as the target's (and it does verify drafts here)."""
+    still distributed as the target's (and it does verify drafts here, on a clock where
+    speculation pays)."""
     target, draft = sharp_pair
+    clock = FakeClock()
+    monkeypatch.setattr(engine_module, "perf_counter", clock)
     prompt = [1, 4, 2]
 
     def logits(extra: list[int]) -> torch.Tensor:
         with torch.no_grad():
             return target.model(torch.tensor([prompt + extra])).logits[0, -1].double()
 
-    engine = Engine(target, ModelDrafter(draft, 8), GoodputPolicy(2))
+    engine = Engine(ClockedBackend(target, clock), ModelDrafter(draft, 8), GoodputPolicy(2))
     drafted = engine.generate(
         prompt, GenerationConfig(3, SamplingParams(temperature=1.0), seed=0)
     ).stats.summary()["drafted"]

@@ -18,7 +18,7 @@ from adaspec.policies.estimates import Calibration, VerifyCost
 from adaspec.policies.goodput import GoodputPolicy, best_length, best_prefix, expected_tokens
 from adaspec.state import DecodeState
 from adaspec.stats import StepOutcome
-from tests.tiny import DRAFTERS, ar_tokens, backend, tiny_model
+from tests.tiny import DRAFTERS, ClockedBackend, FakeClock, ar_tokens, backend, tiny_model
 
 COSTS = {
     "cpu-linear": lambda n: 100.0 * n,  # verifying n positions costs n decode steps
@@ -270,32 +270,6 @@ def test_auto_drafter_follows_the_faster_arm_and_switches():
         auto.observe(StepOutcome(1, emitted - 1, emitted, 0.0, 0.1, drafter=arm, proposed=1))
     assert picks[50:100].count("a") >= 40, picks[50:100]
     assert picks[150:].count("b") >= 40, picks[150:]
-
-
-class FakeClock:
-    """The engine's clock, advanced only by the target's forwards: a tiny model's real
-    timings are overhead and noise, and would decide whether drafting pays."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class ClockedBackend:
-    """A backend whose forward over k positions takes 10 + k ms on the FakeClock: a
-    GPU-like cost, where speculation pays."""
-
-    def __init__(self, inner, clock: FakeClock) -> None:
-        self.inner, self.clock = inner, clock
-
-    def __getattr__(self, name: str):
-        return getattr(self.inner, name)
-
-    def forward(self, tokens):
-        self.clock.now += (10 + len(tokens)) / 1000
-        return self.inner.forward(tokens)
 
 
 def test_goodput_and_auto_speculate_on_tiny_models_and_match_autoregressive(monkeypatch):

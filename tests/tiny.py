@@ -135,3 +135,29 @@ def save_model_dir(path: Path, tokenizer: PreTrainedTokenizerFast, seed: int = 0
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+class FakeClock:
+    """The engine's clock, advanced only by the target's forwards: a tiny model's real
+    timings are overhead and noise, and would decide whether drafting pays."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class ClockedBackend:
+    """A backend whose forward over k positions takes 10 + k ms on the FakeClock: a
+    GPU-like cost, where speculation pays."""
+
+    def __init__(self, inner, clock: FakeClock) -> None:
+        self.inner, self.clock = inner, clock
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def forward(self, tokens):
+        self.clock.now += (10 + len(tokens)) / 1000
+        return self.inner.forward(tokens)
