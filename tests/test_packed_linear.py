@@ -39,7 +39,7 @@ def test_packed_linear_computes_what_linear_computes(rows):
             assert torch.allclose(PackedLinear(linear)(x), linear(x), atol=1e-5)
 
 
-def test_two_three_and_many_rows_come_from_the_dense_weight():
+def test_few_and_many_rows_come_from_the_dense_weight():
     layer = PackedLinear(torch.nn.Linear(8, 4, bias=False))
     with torch.inference_mode():
         layer.dense.zero_()  # only the dense path can now return zeros

@@ -4,8 +4,8 @@
 PyTorch's default CPU matmul (MKL, dense weights) scores k rows at close to k times the cost
 of one beyond 3 rows, which leaves long drafts nothing to win. oneDNN with the weights
 reordered once into its blocked layout reads each weight once per forward for the whole
-batch, but its kernel for 2 or 3 rows costs well over one row's, where MKL's does not. So
-each layer keeps both layouts and uses the dense one for 2 and 3 rows: twice the weight
+batch, but costs more than MKL on a fresh dense copy for 1 to 3 rows. So each layer keeps
+both layouts and uses the dense one for 1 to 3 rows and long prefills: twice the weight
 memory (12.4 GB of anonymous memory for the 1.5B target in fp32, against 6.2 GB packed only).
 Measured, two threads, whole default 1.5B target, forward over k rows after 128 tokens:
 
@@ -14,12 +14,14 @@ Measured, two threads, whole default 1.5B target, forward over k rows after 128 
 | packed only | 238 ms | 286 | 295 | 302 | 337 |
 | dense, as transformers loads it | 295 | 305 | 315 | | |
 | dense, a fresh copy | 209 | 230 | 233 | | |
-| both, as here | 244 | 229 | 240 | 307 | 340 |
+| dense for 1-3 rows, packed above, as here | 211 | 229 | 237 | 305 | 342 |
 
-On an AMD EPYC (one 8960x1536 layer, k = 1, 2, 4, 8) packed took 2.9, 8.5, 6.5, 8.0 ms and
-dense 4.4 (matrix-vector), 3.8, 3.5, 6.1 ms: one row stays packed, which is the fastest or
-close on both. The arithmetic is the same fp32 dot products in another order: rows of a
-batched forward agree with one-token forwards to about 1e-4 in the logits, as with MKL alone.
+On an AMD EPYC, one 8960x1536 layer timed alone (k = 1, 2, 4, 8), packed took 2.9, 8.5, 6.5,
+8.0 ms and dense 4.4 (matrix-vector), 3.8, 3.5, 6.1 ms, so one row may be faster packed there;
+on the Xeon the same single-layer test called one row a tie while the whole model ran it 13%
+faster dense, so only a whole-model timing on the EPYC can settle it. The arithmetic is the
+same fp32 dot products in another order: rows of a batched forward agree with one-token
+forwards to about 1e-4 in the logits, as with MKL alone.
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ from collections.abc import Collection
 import torch
 from torch import nn
 
-# Rows served from the dense weight: verifying a one- or two-token draft. For one row packed
-# wins or ties, from 4 rows on packed wins (the measurements above).
-DENSE_ROWS = frozenset({2, 3})
+# Rows served from the dense weight: a one-token step and verifying a one- or two-token
+# draft. From 4 rows on packed wins (the measurements above).
+DENSE_ROWS = frozenset({1, 2, 3})
 # And long prefills, where MKL's large-matrix kernel overtakes oneDNN's: on the Xeon, a forward
 # over 160, 256, 384, 671 rows took 1.47, 2.12, 3.24, 6.4 s packed; 1.47, 2.27, 3.08, 4.9 dense.
 DENSE_FROM_ROWS = 320
