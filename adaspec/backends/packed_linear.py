@@ -73,7 +73,8 @@ class PackedLinear(nn.Module):
 def pack_linears(model: nn.Module, dense_rows: Collection[int] = DENSE_ROWS) -> int:
     """Replace every fp32 CPU ``nn.Linear`` in ``model`` by a PackedLinear; returns how many.
 
-    A tied output layer's dense weight is the embedding itself, so it costs no memory.
+    A tied output layer gets its own packed and dense copies (the embedding keeps the
+    original), so it costs twice vocab x hidden floats and leaves the embedding lookup as it is.
     """
     if not packing_available():
         return 0

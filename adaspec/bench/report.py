@@ -135,7 +135,7 @@ def markdown(
     base = cells[baseline]
     lines = [header, "", "## Speedup over adaspec autoregressive (`" + baseline + "`)", ""]
     lines += _speedup_rows(cells, baseline, categories, lambda c: c.tokens_per_s)
-    decoding = {m: row for m, row in cells.items() if row[OVERALL].decode_tokens_per_s}
+    decoding = {m: row for m, row in cells.items() if row[OVERALL].decode_tokens_per_s is not None}
     if baseline in decoding:
         lines += ["", "## Decode only: the same, with each prompt's prefill left out", ""]
         lines += [DECODE_NOTE, ""]
