@@ -100,7 +100,9 @@ def generate(
     device: Annotated[
         str | None, typer.Option(help="torch device (default: cuda if present).")
     ] = None,
-    dtype: Annotated[str | None, typer.Option(help="float32 | bfloat16 | float16.")] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="torch dtype: float32 (default) | bfloat16 | float16.")
+    ] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: all cores).")] = None,
 ) -> None:
     """Generate text from a prompt, streaming it, then print one line of statistics."""
@@ -210,6 +212,12 @@ def bench(
     ] = None,
     repeats: Annotated[int, typer.Option(help="Timed repeats per question and method.")] = 1,
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: all cores).")] = None,
+    device: Annotated[
+        str | None, typer.Option(help="torch device (default: cuda if present).")
+    ] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="torch dtype: float32 (default) | bfloat16 | float16.")
+    ] = None,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("bench-out"),
     resume: Annotated[bool, typer.Option(help="Keep the runs already in OUT/runs.jsonl.")] = False,
 ) -> None:
@@ -236,6 +244,8 @@ def bench(
         repeats=repeats,
         k=k,
         threads=threads,
+        device=device,
+        dtype=dtype,
         out=out,
         resume=resume,
     )

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
+from adaspec.bench import peers as peer_factories
 from adaspec.bench import report
 from adaspec.bench.harness import BenchOptions, run_bench
 from adaspec.bench.methods import AdaspecMethod, Run
@@ -58,6 +61,28 @@ def test_bench_end_to_end(questions, model_dir, draft_dir, tmp_path):
     text = (out / "report.md").read_text()
     assert "| model:fixed |" in text and "summarization" in text
     assert "Every adaspec method produced exactly the token ids" in text
+
+
+def test_peers_run_on_the_targets_device_and_dtype(
+    questions, model_dir, draft_dir, tmp_path, monkeypatch
+):
+    """A peer on another device or dtype than adaspec would measure the hardware, not the
+    method (on a GPU machine the transformers peers once ran on the CPU)."""
+    real, seen = peer_factories.transformers_peers, {}
+
+    def spy(target_folder, draft_folder, device, dtype):
+        seen.update(device=torch.device(device), dtype=dtype)
+        return real(target_folder, draft_folder, device, dtype)
+
+    monkeypatch.setattr(peer_factories, "transformers_peers", spy)
+    out = tmp_path / "bench"
+    opts = options(questions, model_dir, draft_dir, out, methods=["none"], dtype="bfloat16")
+    outcome = run_bench(replace(opts, max_new_tokens=4, repeats=1))
+    assert seen == {"device": torch.device("cpu"), "dtype": torch.bfloat16}
+    results = json.loads((out / "results.json").read_text())
+    assert "transformers" in {r["method"] for r in results["runs"]}
+    assert results["meta"]["device"] == "cpu"
+    assert outcome.problems == []
 
 
 def test_resume_skips_finished_runs(questions, model_dir, draft_dir, tmp_path):

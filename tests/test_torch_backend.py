@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import random
 
+import pytest
 import torch
 
+from adaspec.backends.torch_hf import _dtype
 from tests.tiny import backend, tiny_model
 
 
@@ -41,3 +43,11 @@ def test_forward_rows_score_each_prefix():
     assert rows.shape == (5, 96)
     full = b.model(torch.tensor([tokens])).logits[0]
     assert torch.allclose(rows, full, atol=1e-10)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_weights_default_to_float32_on_every_device(device):
+    """bf16 GPU kernels round a k-token forward differently from k one-token steps, which
+    would let greedy speculation differ from plain decoding; fp32 is the exact default."""
+    assert _dtype(None, device) is torch.float32
+    assert _dtype("bfloat16", device) is torch.bfloat16

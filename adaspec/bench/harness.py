@@ -37,6 +37,8 @@ class BenchOptions:
     repeats: int = 1
     k: int | None = None
     threads: int | None = None
+    device: str | None = None
+    dtype: str | None = None
     out: Path = Path("bench-out")
     resume: bool = False
 
@@ -53,13 +55,9 @@ def run_bench(
 ) -> BenchOutcome:
     questions = select(load_questions(options.questions), options.categories, options.per_category)
     methods_spec = list(dict.fromkeys([BASELINE, *options.methods]))
-    target = load_backend(options.target, options.backend, threads=options.threads)
+    target = _load(options, options.target)
     needs_draft = any(AdaspecMethod.needs_draft(m) for m in methods_spec)
-    draft = (
-        load_backend(options.draft, options.backend, threads=options.threads)
-        if needs_draft and options.draft
-        else None
-    )
+    draft = _load(options, options.draft) if needs_draft and options.draft else None
     methods: list[Method] = [AdaspecMethod(m, target, draft, options.k) for m in methods_spec]
     peers, notes = _peers(options, target) if options.peers else ([], [])
     methods += peers
@@ -84,6 +82,10 @@ def run_bench(
     return BenchOutcome(path, problems, text)
 
 
+def _load(options: BenchOptions, model: str):
+    return load_backend(model, options.backend, options.device, options.dtype, options.threads)
+
+
 def _peers(options: BenchOptions, target) -> tuple[list[Method], list[str]]:
     target_path = resolve_model(options.target)
     if target.name == "llama.cpp":
@@ -91,7 +93,9 @@ def _peers(options: BenchOptions, target) -> tuple[list[Method], list[str]]:
     from adaspec.backends.torch_hf import hf_folder
 
     draft_folder = hf_folder(resolve_model(options.draft)) if options.draft else None
-    return peer_factories.transformers_peers(hf_folder(target_path), draft_folder)
+    return peer_factories.transformers_peers(
+        hf_folder(target_path), draft_folder, target.device, target.model.dtype
+    )
 
 
 def _meta(options: BenchOptions, target, n_questions: int, notes: list[str]) -> dict:
@@ -102,6 +106,7 @@ def _meta(options: BenchOptions, target, n_questions: int, notes: list[str]) -> 
             "python": platform.python_version(),
         },
         "backend": target.name,
+        "device": _device(target),
         "threads": target.threads,
         "versions": {
             p: _version(p) for p in ("adaspec", "torch", "transformers", "llama-cpp-python")
@@ -122,11 +127,22 @@ def _header(meta: dict, notes: list[str]) -> str:
         f"{meta['n_questions']} questions (first turn, chat template), greedy, "
         f"{meta['max_new_tokens']} new tokens at most, "
         f"{meta['repeats']} repeat(s) after a warm-up, "
-        f"methods interleaved per question. Backend {meta['backend']}, {meta['threads']} threads, "
-        f"{meta['machine']['processor']}.",
+        f"methods interleaved per question. Backend {meta['backend']} on {meta['device']}, "
+        f"{meta['threads']} CPU threads, {meta['machine']['processor']}.",
     ]
     lines += [f"- note: {n}" for n in notes]
     return "\n".join(lines)
+
+
+def _device(target) -> str:
+    """Where the target runs: ``cpu``, or the GPU's name and the weights' dtype."""
+    device = getattr(target, "device", None)
+    if device is None or device.type == "cpu":
+        return "cpu"
+    import torch
+
+    dtype = str(target.model.dtype).removeprefix("torch.")
+    return f"{torch.cuda.get_device_name(device)} ({device}, {dtype})"
 
 
 def _cpu() -> str:

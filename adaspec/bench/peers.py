@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from unittest import mock
 
+import torch
+
 from adaspec.bench.methods import TimedPeer
 
 
@@ -73,21 +75,29 @@ def _without_repacked_weights() -> Iterator[None]:
 
 
 def transformers_peers(
-    target_folder: Path, draft_folder: Path | None, lookup: int = 10
+    target_folder: Path,
+    draft_folder: Path | None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+    lookup: int = 10,
 ) -> tuple[list[TimedPeer], list[str]]:
-    """Hugging Face ``generate()``: plain, ``assistant_model=``, ``prompt_lookup_num_tokens=``."""
-    import torch
+    """Hugging Face ``generate()``: plain, ``assistant_model=``, ``prompt_lookup_num_tokens=``.
+
+    They run on adaspec's device and dtype: a peer on another device measures the hardware,
+    not the method."""
     from transformers import AutoModelForCausalLM
 
-    target = AutoModelForCausalLM.from_pretrained(target_folder, dtype=torch.float32).eval()
-    draft = None
-    if draft_folder is not None:
-        draft = AutoModelForCausalLM.from_pretrained(draft_folder, dtype=torch.float32).eval()
+    def load(folder: Path):
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype or torch.float32)
+        return model.to(device).eval()
+
+    target = load(target_folder)
+    draft = load(draft_folder) if draft_folder is not None else None
 
     def make(**options):
         @torch.inference_mode()
         def generate(prompt: list[int], max_new: int) -> int:
-            ids = torch.tensor([prompt])
+            ids = torch.tensor([prompt], device=device)
             out = target.generate(ids, max_new_tokens=max_new, do_sample=False, **options)
             return int(out.shape[1] - ids.shape[1])
 
