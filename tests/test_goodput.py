@@ -12,6 +12,7 @@ from adaspec import engine as engine_module
 from adaspec.config import GenerationConfig, SamplingParams
 from adaspec.drafters.auto import AutoDrafter
 from adaspec.drafters.base import Draft
+from adaspec.drafters.ngram import match_confidence
 from adaspec.engine import Engine
 from adaspec.policies.base import Budget
 from adaspec.policies.estimates import Calibration, VerifyCost
@@ -231,8 +232,20 @@ def test_caution_shrinks_as_the_text_shows_evidence():
     assert gap_after < gap_before / 10
 
 
+def test_an_untimed_machine_tries_a_draft_and_learns_what_it_costs():
+    """With no profile, the cost of a multi-token forward is guessed low, so the first
+    plausible draft is tried and timed; a pessimistic guess would never be put to the test."""
+    policy = GoodputPolicy(4)
+    policy.start(DecodeState([1, 2, 3], 3, SamplingParams(), torch.Generator()))
+    policy.verify.observe(1, 100.0, 10)  # one-token steps timed; no bigger forward yet
+    draft = Draft([7], None, [match_confidence(1)], "ngram")  # a 1-gram match: p = 0.17
+    assert policy.trim(draft) == 1
+    policy.verify.observe(2, 160.0, 12)  # a 2-token forward costs 1.6x one: a CPU
+    assert policy.trim(draft) == 0
+
+
 def test_verify_cost_interpolates_and_extrapolates():
-    cost = VerifyCost()
+    cost = VerifyCost(guess_slope=0.5)
     assert cost.ms(4) == pytest.approx(1 + 0.5 * 3)  # nothing seen: unit cost, guessed slope
     cost.observe(1, 100.0, 10)
     assert cost.ms(3) == pytest.approx(100 * (1 + 0.5 * 2))

@@ -36,10 +36,13 @@ class VerifyCost:
     shape, scaled by how the nearest seen size compares with its profiled cost (the profile
     was timed on another day, under other load); without a profile, a line through the
     observations, with a guessed slope (``guess_slope`` of a one-token forward per extra
-    position) until two sizes have been seen.
+    position) until two sizes have been seen. The guess is optimistic (GPU-like) on purpose:
+    a pessimistic one is never tested, since no draft looks worth a forward believed dear,
+    and speculation would stay off on a machine where it pays; an optimistic one costs at
+    most a draft or two before the first multi-token forward is timed.
     """
 
-    def __init__(self, profile: CostProfile | None = None, guess_slope: float = 0.5) -> None:
+    def __init__(self, profile: CostProfile | None = None, guess_slope: float = 0.1) -> None:
         self.profile = profile
         self.guess_slope = guess_slope
         self.context = 0
