@@ -272,6 +272,42 @@ def bench(
         raise typer.Exit(1)
 
 
+@app.command()
+@user_errors
+def replay(
+    bench_dir: Annotated[Path, typer.Argument(help="A folder `adaspec bench` wrote.")],
+    methods: Annotated[
+        str, typer.Option(help="adaspec drafter[:policy] list, each compared with `none`.")
+    ] = "auto:goodput,ngram:heuristic",
+    profile: Annotated[
+        Path | None,
+        typer.Option(help="Cost profile JSON (default: this machine's for the bench's target)."),
+    ] = None,
+) -> None:
+    """Rerun methods over a bench's recorded greedy answers on a profiled clock: what each
+    would gain, decode only, without the machine's noise (speed itself: `adaspec bench`)."""
+    from adaspec.bench import replay as replaying
+    from adaspec.bench.harness import check_methods
+    from adaspec.profile import CostProfile
+
+    method_list = [m.strip() for m in methods.split(",") if m.strip()]
+    check_methods(method_list)
+    cases = replaying.load_cases(bench_dir)
+    costs = CostProfile.load(profile) if profile else replaying.saved_profile(bench_dir)
+    baseline = replaying.replay(replaying.BASELINE, cases, costs)
+    categories = list(dict.fromkeys(c.category for c in cases))
+    table = Table(title=f"replayed speedup over none, decode only · {len(cases)} answers")
+    for column in ["method", *categories, "overall", "accepted/drafted"]:
+        table.add_column(column)
+    for method in method_list:
+        runs = replaying.replay(method, cases, costs)
+        ratios = replaying.speedups(baseline, runs)
+        drafted, accepted = sum(r.drafted for r in runs), sum(r.accepted for r in runs)
+        cells = [f"{ratios[c]:.3f}×" for c in [*categories, "overall"]]
+        table.add_row(method, *cells, f"{accepted}/{drafted}")
+    Console().print(table)
+
+
 @app.command("train-head")
 @user_errors
 def train_head(

@@ -8,7 +8,7 @@ streaming and non-streaming paths cannot drift apart.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from time import perf_counter
 
@@ -54,18 +54,19 @@ class Generation:
         self.stats = GenerationStats(prompt_tokens=len(self.prompt))
 
     def __iter__(self) -> Iterator[list[int]]:
-        started = perf_counter()
+        clock = self.engine.clock
+        started = clock()
         try:
             yield from self._run()
         finally:
-            self.stats.wall_s = perf_counter() - started
+            self.stats.wall_s = clock() - started
 
     def _run(self) -> Iterator[list[int]]:
         engine, config = self.engine, self.config
         state = DecodeState(list(self.prompt), len(self.prompt), config.sampling, _rng(config.seed))
-        started = perf_counter()
+        started = engine.clock()
         engine.start(state)
-        self.stats.prefill_s = perf_counter() - started
+        self.stats.prefill_s = engine.clock() - started
         while state.generated < config.max_new_tokens:
             new, outcome = engine.step(state, config)
             self.stats.record(outcome)
@@ -84,12 +85,22 @@ class Generation:
 
 
 class Engine:
-    """A target backend, a drafter and a policy; serves one request at a time."""
+    """A target backend, a drafter and a policy; serves one request at a time.
 
-    def __init__(self, target: Backend, drafter: Drafter, policy: Policy) -> None:
+    ``clock`` times the steps that policies learn costs from: the wall clock, or a
+    scripted one where a test or a replay decides what each forward costs."""
+
+    def __init__(
+        self,
+        target: Backend,
+        drafter: Drafter,
+        policy: Policy,
+        clock: Callable[[], float] = perf_counter,
+    ) -> None:
         self.target = target
         self.drafter = drafter
         self.policy = policy
+        self.clock = clock
 
     def stream(self, prompt: Sequence[int], config: GenerationConfig) -> Generation:
         return Generation(self, prompt, config)
@@ -119,15 +130,15 @@ class Engine:
         """One target pass: draft, verify, commit; returns the tokens it adds."""
         room = config.max_new_tokens - state.generated - 1  # the step adds one token itself
         budget = self.policy.budget(state).capped(room)
-        t0 = perf_counter()
+        t0 = self.clock()
         proposal = self.drafter.propose(state, budget) if budget.allows_drafting else Draft()
         draft = proposal.prefix(self.policy.trim(proposal))
-        t1 = perf_counter()
+        t1 = self.clock()
         prescored = state.next_logits is not None
         logits = self._score(state, draft.tokens)  # [k + 1, vocab]
         verdict = verify(logits, draft.tokens, draft.probs, state.sampling, state.generator)
         self.target.rollback(len(state.tokens) + verdict.n_accepted)  # keep fed + accepted
-        t2 = perf_counter()
+        t2 = self.clock()
         new = _cut_after_eos(verdict.tokens, self.target.eos_token_ids, config.stop_at_eos)
         state.tokens.extend(new)
         outcome = StepOutcome(

@@ -176,20 +176,21 @@ def test_speculative_sampling_matches_target_distribution(sharp_pair):
     assert chi_square_p_value(counts, exact) > 1e-3
 
 
-def test_goodput_trimmed_sampling_matches_target_distribution(sharp_pair, monkeypatch):
+def test_goodput_trimmed_sampling_matches_target_distribution(sharp_pair):
     """Goodput decides after drafting how many sampled tokens to verify; the output is
     still distributed as the target's (and it does verify drafts here, on a clock where
     speculation pays)."""
     target, draft = sharp_pair
     clock = FakeClock()
-    monkeypatch.setattr(engine_module, "perf_counter", clock)
     prompt = [1, 4, 2]
 
     def logits(extra: list[int]) -> torch.Tensor:
         with torch.no_grad():
             return target.model(torch.tensor([prompt + extra])).logits[0, -1].double()
 
-    engine = Engine(ClockedBackend(target, clock), ModelDrafter(draft, 8), GoodputPolicy(2))
+    engine = Engine(
+        ClockedBackend(target, clock), ModelDrafter(draft, 8), GoodputPolicy(2), clock=clock
+    )
     drafted = engine.generate(
         prompt, GenerationConfig(3, SamplingParams(temperature=1.0), seed=0)
     ).stats.summary()["drafted"]
@@ -200,7 +201,6 @@ def test_goodput_trimmed_sampling_matches_target_distribution(sharp_pair, monkey
 
 def test_distribution_test_catches_a_lossy_rule(sharp_pair, monkeypatch):
     """The same test fails when every draft token is kept (output ~ draft, not target)."""
-    import adaspec.engine as engine_module
     from adaspec.verify import Verdict
 
     def keep_everything(logits, tokens, probs, params, generator):

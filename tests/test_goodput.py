@@ -8,7 +8,6 @@ import random
 import pytest
 import torch
 
-from adaspec import engine as engine_module
 from adaspec.config import GenerationConfig, SamplingParams
 from adaspec.drafters.auto import AutoDrafter
 from adaspec.drafters.base import Draft
@@ -285,14 +284,13 @@ def test_auto_drafter_follows_the_faster_arm_and_switches():
     assert picks[150:].count("b") >= 40, picks[150:]
 
 
-def test_goodput_and_auto_speculate_on_tiny_models_and_match_autoregressive(monkeypatch):
+def test_goodput_and_auto_speculate_on_tiny_models_and_match_autoregressive():
     """The defaults draft (so the equality below is not vacuous) and stay lossless."""
     clock = FakeClock()
-    monkeypatch.setattr(engine_module, "perf_counter", clock)
     target = ClockedBackend(backend(tiny_model()), clock)
     prompt = [5, 9, 13, 5, 9, 13, 5, 9, 13, 5, 9, 13]
     expected = ar_tokens(target.inner, prompt, 40)
-    engine = Engine(target, DRAFTERS["auto"](target), GoodputPolicy(6))
+    engine = Engine(target, DRAFTERS["auto"](target), GoodputPolicy(6), clock=clock)
     result = engine.generate(prompt, GenerationConfig(max_new_tokens=40))
     assert result.token_ids == expected
     assert result.stats.summary()["drafted"] > 0

@@ -58,6 +58,7 @@ def measure(
     previous = load_runs(out_dir) if resume else []
     done = {(r.method, r.question_id, r.repeat) for r in previous}
     prompts = {q.question_id: encode(q.prompt) for q in questions}
+    (out_dir / "prompts.json").write_text(json.dumps(prompts))  # what `adaspec replay` reads
     for method in methods:  # warm-up: caches, threads and allocators settle before timing
         method.run(prompts[questions[0].question_id], WARMUP_TOKENS)
     runs = list(previous)

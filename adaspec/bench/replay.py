@@ -1,0 +1,205 @@
+"""``adaspec replay``: rerun adaspec methods over a bench's recorded greedy answers, on a
+clock that charges each target forward what a cost profile says.
+
+Greedy decoding is deterministic, so the baseline's recorded answer is a complete script
+of what the target picks at every position a method can reach (a draft token is accepted
+exactly when it is the script's next token). The real engine, drafter and policy then
+decide as they would on the profiled machine, in milliseconds per question and without
+that machine's noise: a researcher can compare policies or tune one on hundreds of
+questions. It does not measure speed (``adaspec bench`` does); its ratios are what the
+profile predicts, decode only (the prefill is the same work for every method).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from adaspec.bench.methods import AdaspecMethod
+from adaspec.config import GenerationConfig
+from adaspec.engine import Engine
+from adaspec.errors import ConfigError
+from adaspec.models import resolve_model
+from adaspec.profile import CostProfile, profile_path
+
+BASELINE = "none"
+
+
+@dataclass(frozen=True)
+class Case:
+    """One recorded greedy answer: the prompt's ids and the ids the target generated."""
+
+    question_id: int | str
+    category: str
+    prompt: list[int]
+    answer: list[int]
+
+
+@dataclass(frozen=True)
+class Replayed:
+    """One method on one case: the scripted seconds its target forwards took."""
+
+    method: str
+    case: Case
+    seconds: float
+    drafted: int
+    accepted: int
+
+
+class ScriptedClock:
+    """Time that passes only when the scripted target charges a forward."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class ScriptedTarget:
+    """A Backend that answers from a script: row i of a forward puts all its mass on the
+    script's next token while the cache still follows the script (on token 0 after a
+    rejected draft token, which verification never reads), and charges the clock the
+    profile's cost of a forward over that many positions at that context."""
+
+    tokenizer = None
+
+    def __init__(self, profile: CostProfile, clock: ScriptedClock, vocab_size: int) -> None:
+        self.profile = profile
+        self.clock = clock
+        # Named as the profiled model, backend and threads, so that a policy finds the cost
+        # profile saved for them, as it would on that machine.
+        self.label, self.name, self.threads = profile.model, profile.backend, profile.threads
+        self.script: list[int] = []
+        self.cache: list[int] = []
+        self.on_script = 0  # how many leading cached tokens follow the script
+        self._vocab_size = vocab_size
+
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab_size
+
+    @property
+    def context_length(self) -> int:
+        return 1 << 30
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        return frozenset()  # the script's length ends it, EOS or not
+
+    @property
+    def length(self) -> int:
+        return len(self.cache)
+
+    def play(self, case: Case) -> None:
+        self.script = [*case.prompt, *case.answer]
+
+    def reset(self) -> None:
+        self.cache, self.on_script = [], 0
+
+    def prefill(self, tokens: Sequence[int]) -> None:
+        for token in tokens:
+            self._append(token)
+
+    def score_prompt(self, tokens: Sequence[int]) -> torch.Tensor:
+        self.prefill(tokens)
+        return self._next_row()
+
+    def forward(self, tokens: Sequence[int]) -> torch.Tensor:
+        rows = []
+        for token in tokens:
+            self._append(token)
+            rows.append(self._next_row())
+        self.clock.now += self.profile.cost_ms(len(tokens), len(self.cache)) / 1000
+        return torch.stack(rows)  # [k, vocab]
+
+    def forward_hidden(self, tokens: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        raise ConfigError("replay has no hidden states: replay methods without an acceptance head")
+
+    def rollback(self, length: int) -> None:
+        del self.cache[length:]
+        self.on_script = min(self.on_script, length)
+
+    def _append(self, token: int) -> None:
+        at = len(self.cache)
+        self.cache.append(token)
+        if self.on_script == at and at < len(self.script) and self.script[at] == token:
+            self.on_script += 1
+
+    def _next_row(self) -> torch.Tensor:
+        at = len(self.cache)
+        follows = self.on_script == at and at < len(self.script)
+        row = torch.zeros(self._vocab_size)  # [vocab]
+        row[self.script[at] if follows else 0] = 1.0
+        return row
+
+
+def load_cases(bench_dir: Path) -> list[Case]:
+    """The baseline's first-repeat answers in a bench folder, with the prompts it saved."""
+    runs_file, prompts_file = bench_dir / "runs.jsonl", bench_dir / "prompts.json"
+    if not runs_file.is_file() or not prompts_file.is_file():
+        raise ConfigError(
+            f"{bench_dir} has no runs.jsonl and prompts.json; give a folder `adaspec bench` wrote"
+        )
+    prompts = json.loads(prompts_file.read_text())
+    cases = []
+    for line in runs_file.read_text().splitlines():
+        run = json.loads(line)
+        if run["method"] == BASELINE and run["repeat"] == 0:
+            prompt = prompts[str(run["question_id"])]
+            cases.append(Case(run["question_id"], run["category"], prompt, run["token_ids"]))
+    if not cases:
+        raise ConfigError(f"{bench_dir}/runs.jsonl has no `none` runs to replay")
+    return cases
+
+
+def saved_profile(bench_dir: Path) -> CostProfile:
+    """The cost profile saved on this machine for the bench's target, backend and threads."""
+    meta = json.loads((bench_dir / "results.json").read_text())["meta"]
+    target = next(iter(meta["models"]))  # the target comes first, then the draft
+    path = profile_path(str(resolve_model(target)), meta["backend"], meta["threads"])
+    if not path.is_file():
+        raise ConfigError(
+            f"no cost profile at {path}; run `adaspec profile --backend {meta['backend']}` "
+            "or pass --profile"
+        )
+    return CostProfile.load(path)
+
+
+def replay(method: str, cases: Sequence[Case], profile: CostProfile) -> list[Replayed]:
+    """One method over the cases in order, its policy learning across them as in a bench.
+    Raises if the method's output leaves the script: that would be a lossless bug."""
+    clock = ScriptedClock()
+    vocab = 1 + max(max(c.prompt + c.answer) for c in cases)
+    target = ScriptedTarget(profile, clock, vocab)
+    built = AdaspecMethod(method, target, None)
+    engine = Engine(target, built.engine.drafter, built.engine.policy, clock=clock)
+    replayed = []
+    for case in cases:
+        target.play(case)
+        config = GenerationConfig(max_new_tokens=len(case.answer), stop_at_eos=False)
+        started = clock()
+        result = engine.generate(case.prompt, config)
+        if result.token_ids != case.answer:
+            raise AssertionError(
+                f"{method} left the recorded answer of question {case.question_id}"
+            )
+        stats = result.stats.summary()
+        seconds = clock() - started
+        replayed.append(Replayed(method, case, seconds, stats["drafted"], stats["accepted"]))
+    return replayed
+
+
+def speedups(baseline: Sequence[Replayed], method: Sequence[Replayed]) -> dict[str, float]:
+    """Per category and ``overall``: the baseline's scripted seconds over the method's."""
+    base: dict[str, float] = {}
+    ours: dict[str, float] = {}
+    for b, m in zip(baseline, method, strict=True):
+        for key in (b.case.category, "overall"):
+            base[key] = base.get(key, 0.0) + b.seconds
+            ours[key] = ours.get(key, 0.0) + m.seconds
+    return {key: base[key] / ours[key] for key in base}

@@ -1,0 +1,99 @@
+"""Replay: the real engine over recorded greedy answers, on a clock a cost profile drives."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from adaspec.bench.harness import BenchOptions, run_bench
+from adaspec.bench.replay import (
+    Case,
+    ScriptedClock,
+    ScriptedTarget,
+    load_cases,
+    replay,
+    speedups,
+)
+from adaspec.cli import app
+from adaspec.profile import CostProfile
+
+PROMPT = list(range(10, 40))  # 30 distinct tokens
+COPIED = Case(1, "coding", PROMPT, PROMPT[5:25])  # an answer that copies the prompt
+FRESH = Case(2, "writing", PROMPT, list(range(50, 70)))  # an answer that never does
+
+
+def profile(ms: list[float], model: str = "tiny.gguf") -> CostProfile:
+    """Forward cost over 1, 2, 4, 8 positions, the same at every context."""
+    return CostProfile(model, "llama.cpp", 2, [1, 2, 4, 8], [128], [ms], [[0.0] * 4])
+
+
+GPU_LIKE = [10.0, 11.0, 12.0, 14.0]
+LINEAR = [10.0, 20.0, 40.0, 80.0]  # k positions cost k steps: speculation cannot pay
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    """Policies look up saved cost profiles in the cache: keep the user's out of it."""
+    monkeypatch.setenv("ADASPEC_CACHE", str(tmp_path / "cache"))
+
+
+def test_scripted_target_answers_from_the_script_and_charges_the_profile():
+    clock = ScriptedClock()
+    target = ScriptedTarget(profile(GPU_LIKE), clock, vocab_size=100)
+    target.play(Case(1, "qa", [1, 2], [3, 4, 5]))
+    assert int(target.score_prompt([1, 2]).argmax()) == 3 and clock.now == 0.0
+    rows = target.forward([3, 9, 5])  # 9 is off the script: what follows it is never read
+    assert [int(r.argmax()) for r in rows[:2]] == [4, 0]
+    assert clock.now == pytest.approx(0.0115)  # 3 positions: between 11 and 12 ms
+    target.rollback(3)
+    assert int(target.forward([4])[0].argmax()) == 5  # back on the script
+
+
+def test_plain_decoding_pays_one_step_per_token_after_the_first():
+    (run,) = replay("none", [FRESH], profile(GPU_LIKE))
+    assert run.seconds == pytest.approx((len(FRESH.answer) - 1) * 0.010)
+    assert run.drafted == 0
+
+
+@pytest.mark.parametrize("method", ["auto:goodput", "ngram:heuristic", "ngram:fixed"])
+def test_replayed_methods_reproduce_the_recorded_answers(method):
+    runs = replay(method, [COPIED, FRESH], profile(GPU_LIKE))
+    assert [r.case for r in runs] == [COPIED, FRESH]  # replay raises if an id differs
+
+
+def test_goodput_gains_where_copying_is_cheap_and_never_drafts_where_it_cannot_pay():
+    cheap = profile(GPU_LIKE)
+    cheap.save()
+    ratios = speedups(replay("none", [COPIED], cheap), replay("auto:goodput", [COPIED], cheap))
+    assert ratios["coding"] > 2.0
+    linear = profile(LINEAR)
+    linear.save()  # where the policy finds it: it knows the costs from the first step
+    cases = [COPIED, FRESH]
+    runs = replay("auto:goodput", cases, linear)
+    assert sum(r.drafted for r in runs) == 0
+    assert speedups(replay("none", cases, linear), runs)["overall"] == pytest.approx(1.0)
+
+
+def test_replay_command_reads_a_bench_folder(model_dir, tmp_path):
+    out = tmp_path / "bench"
+    questions = tmp_path / "q.jsonl"
+    rows = [{"question_id": 7, "category": "coding", "turns": ["def add(a, b):"]}]
+    questions.write_text("\n".join(json.dumps(q) for q in rows))
+    options = BenchOptions(questions, str(model_dir), None, methods=["none"], peers=False)
+    run_bench(BenchOptions(**{**options.__dict__, "max_new_tokens": 10, "out": out}))
+    assert [c.question_id for c in load_cases(out)] == [7]
+    costs = tmp_path / "costs.json"
+    profile(GPU_LIKE).save(costs)
+    args = ["replay", str(out), "--profile", str(costs), "--methods", "ngram:heuristic"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "replayed speedup" in result.stdout and "ngram:heuristic" in result.stdout
+
+
+def test_replay_of_a_folder_without_a_bench_is_a_one_line_error(tmp_path):
+    result = CliRunner().invoke(app, ["replay", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "give a folder `adaspec bench` wrote" in result.stderr
+    assert "Traceback" not in result.output
