@@ -295,16 +295,17 @@ def replay(
     cases = replaying.load_cases(bench_dir)
     costs = CostProfile.load(profile) if profile else replaying.saved_profile(bench_dir)
     baseline = replaying.replay(replaying.BASELINE, cases, costs)
-    categories = list(dict.fromkeys(c.category for c in cases))
+    runs = {method: replaying.replay(method, cases, costs) for method in method_list}
+    ratios = {method: replaying.speedups(baseline, runs[method]) for method in method_list}
     table = Table(title=f"replayed speedup over none, decode only · {len(cases)} answers")
-    for column in ["method", *categories, "overall", "accepted/drafted"]:
+    for column in ["category", *method_list]:
         table.add_column(column)
-    for method in method_list:
-        runs = replaying.replay(method, cases, costs)
-        ratios = replaying.speedups(baseline, runs)
-        drafted, accepted = sum(r.drafted for r in runs), sum(r.accepted for r in runs)
-        cells = [f"{ratios[c]:.3f}×" for c in [*categories, "overall"]]
-        table.add_row(method, *cells, f"{accepted}/{drafted}")
+    for category in [*dict.fromkeys(c.category for c in cases), "overall"]:
+        table.add_row(category, *(f"{ratios[m][category]:.3f}×" for m in method_list))
+    tried = [
+        (sum(r.accepted for r in runs[m]), sum(r.drafted for r in runs[m])) for m in method_list
+    ]
+    table.add_row("accepted/drafted", *(f"{a}/{d}" for a, d in tried))
     Console().print(table)
 
 
