@@ -32,6 +32,14 @@ err = Console(stderr=True)
 F = TypeVar("F", bound=Callable)
 
 
+# Options several commands share, defined once so their help cannot drift apart.
+Threads = Annotated[int | None, typer.Option(help="CPU threads (default: all cores).")]
+Device = Annotated[str | None, typer.Option(help="torch device (default: cuda if present).")]
+Dtype = Annotated[
+    str | None, typer.Option(help="torch dtype: float32 (default) | bfloat16 | float16.")
+]
+
+
 def user_errors(command: F) -> F:
     """Turn an AdaspecError into one line on stderr and exit 1; bugs still show a traceback."""
 
@@ -97,13 +105,9 @@ def generate(
         bool, typer.Option("--chat", help="Wrap the prompt in the chat template.")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead.")] = False,
-    device: Annotated[
-        str | None, typer.Option(help="torch device (default: cuda if present).")
-    ] = None,
-    dtype: Annotated[
-        str | None, typer.Option(help="torch dtype: float32 (default) | bfloat16 | float16.")
-    ] = None,
-    threads: Annotated[int | None, typer.Option(help="CPU threads (default: all cores).")] = None,
+    device: Device = None,
+    dtype: Dtype = None,
+    threads: Threads = None,
 ) -> None:
     """Generate text from a prompt, streaming it, then print one line of statistics."""
     text = sys.stdin.read() if prompt == "-" else prompt
@@ -157,8 +161,8 @@ def profile(
     ks: Annotated[str, typer.Option(help="Draft sizes k to time.")] = "1,2,3,4,6,8,12,16",
     contexts: Annotated[str, typer.Option(help="Context lengths to time after.")] = "128,512,1024",
     repeats: Annotated[int, typer.Option(help="Timed repeats per point (after a warm-up).")] = 5,
-    threads: Annotated[int | None, typer.Option(help="CPU threads (default: all cores).")] = None,
-    device: Annotated[str | None, typer.Option(help="torch device.")] = None,
+    threads: Threads = None,
+    device: Device = None,
 ) -> None:
     """Time the target's forward over k new tokens; print the table and save it as JSON."""
     from adaspec.api import load_backend
@@ -211,13 +215,9 @@ def bench(
         int | None, typer.Option("--k", help="Draft length knob of the policies (their default).")
     ] = None,
     repeats: Annotated[int, typer.Option(help="Timed repeats per question and method.")] = 1,
-    threads: Annotated[int | None, typer.Option(help="CPU threads (default: all cores).")] = None,
-    device: Annotated[
-        str | None, typer.Option(help="torch device (default: cuda if present).")
-    ] = None,
-    dtype: Annotated[
-        str | None, typer.Option(help="torch dtype: float32 (default) | bfloat16 | float16.")
-    ] = None,
+    threads: Threads = None,
+    device: Device = None,
+    dtype: Dtype = None,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("bench-out"),
     resume: Annotated[bool, typer.Option(help="Keep the runs already in OUT/runs.jsonl.")] = False,
 ) -> None:
@@ -327,7 +327,7 @@ def train_head(
     max_new_tokens: Annotated[int, typer.Option(help="Target tokens per prompt.")] = 64,
     steps: Annotated[int, typer.Option(help="Training steps (full batch).")] = 400,
     backend: Annotated[str, typer.Option(help="auto | llama.cpp | torch")] = "auto",
-    threads: Annotated[int | None, typer.Option(help="CPU threads (default: all cores).")] = None,
+    threads: Threads = None,
     out: Annotated[
         Path | None, typer.Option(help="Where to save (default: beside the draft model).")
     ] = None,
