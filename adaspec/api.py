@@ -38,11 +38,13 @@ def load_backend(
     device: str | None = None,
     dtype: str | None = None,
     threads: int | None = None,
+    drafting: bool = False,
 ) -> Backend:
-    """A backend for a named model, a ``.gguf`` file or a Hugging Face model folder."""
+    """A backend for a named model, a ``.gguf`` file or a Hugging Face model folder;
+    ``drafting``: to serve as a draft model (a backend may lay it out for one row at a time)."""
     path = resolve_model(model)
     backend_cls = BACKENDS.get(choose_backend(path, backend))
-    return backend_cls.load(path, device=device, dtype=dtype, threads=threads)
+    return backend_cls.load(path, device=device, dtype=dtype, threads=threads, drafting=drafting)
 
 
 def encode_prompt(tokenizer: Tokenizer | None, text: str, chat: bool) -> list[int]:
@@ -54,6 +56,15 @@ def encode_prompt(tokenizer: Tokenizer | None, text: str, chat: bool) -> list[in
     if chat:
         return tokenizer.apply_chat([{"role": "user", "content": text}])
     return tokenizer.encode(text)
+
+
+def _draft_for(target: str | Path, draft: str | Path | None, usable: bool) -> str | Path | None:
+    """The draft model to load: the one named, else the default pair's where it fits."""
+    if draft is not None and str(draft).lower() == "none":
+        return None
+    if draft is None and usable and str(target) == DEFAULT_TARGET:
+        return DEFAULT_DRAFT
+    return draft
 
 
 def load(
@@ -71,19 +82,23 @@ def load(
     """An Engine for a target (and optional draft model) given by name or path.
 
     The default, ``auto`` drafter with the ``goodput`` policy, picks among the drafters
-    available (the draft model's only when one is named) and speculates only as much as
-    pays. ``drafter="model"`` with the default target and no draft named uses the default
-    draft model. ``k`` is the policy's draft-length knob (None: the policy's default).
+    available and speculates only as much as pays. A drafter that can draft with a model
+    (``auto``, ``model``) gets the default pair's draft when the target is the default
+    one and no draft is named; ``draft="none"`` leaves it out. Whether the draft model
+    pays is auto's to find out on this machine: on a CPU running torch it does, under
+    llama.cpp (where it costs half a target step) it is dropped after a probe or two.
+    ``k`` is the policy's draft-length knob (None: the policy's default).
     """
-    if draft is None and str(target) == DEFAULT_TARGET and drafter == "model":
-        draft = DEFAULT_DRAFT
     drafter_cls = DRAFTERS.get(drafter)
     policy_cls = POLICIES.get(policy)
+    draft = _draft_for(target, draft, drafter_cls.uses_draft_model)
     if drafter_cls.needs_draft_model and draft is None:
         raise ConfigError(f"drafter {drafter!r} needs a draft model: pass --draft NAME_OR_PATH")
     target_backend = load_backend(target, backend, device, dtype, threads)
     draft_model = None
     if draft is not None:  # named, or the default pair's for the model drafter
-        draft_model = load_backend(draft, draft_backend or backend, device, dtype, threads)
+        draft_model = load_backend(
+            draft, draft_backend or backend, device, dtype, threads, drafting=True
+        )
     drafter_obj = drafter_cls.create(target_backend, draft_model)
     return Engine(target_backend, drafter_obj, policy_cls.create(k, target_backend))

@@ -64,7 +64,8 @@ def generate(
     draft: Annotated[
         str | None,
         typer.Option(
-            help="Draft model (--drafter model with the default target: qwen2.5-coder-0.5b)."
+            help="Draft model, for --drafter auto (one arm) or model; with the default target: "
+            "qwen2.5-coder-0.5b. `none`: draft without a model."
         ),
     ] = None,
     backend: Annotated[
@@ -77,8 +78,8 @@ def generate(
     drafter: Annotated[
         str,
         typer.Option(
-            help="auto (a bandit over the drafters available; the draft model's only with "
-            "--draft) | ngram | model | none."
+            help="auto (a bandit over the drafters available: n-gram lookup, and the draft "
+            "model where there is one) | ngram | model | none."
         ),
     ] = "auto",
     policy: Annotated[
@@ -348,7 +349,7 @@ def train_head(
     if len(chosen) < 4:
         raise AdaspecError("fewer than 4 prompts left after the held-out ones; pass more --data")
     with err.status(f"loading {target} and {draft}"):
-        engine = load(target, drafter="auto", policy="goodput", backend=backend, threads=threads)
+        engine = load(target, "none", "auto", "goodput", backend=backend, threads=threads)
         draft_model = load_backend(draft, backend, threads=threads)
     ids = [encode_prompt(engine.target.tokenizer, q.prompt, chat=True) for q in chosen]
     with err.status("running the pair") as status:

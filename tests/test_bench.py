@@ -16,6 +16,7 @@ from adaspec.bench.methods import AdaspecMethod, Run
 from adaspec.bench.questions import load_questions, select
 from adaspec.cli import app
 from adaspec.errors import ConfigError
+from tests.tiny import backend, tiny_model
 
 QUESTIONS = [
     {"question_id": 1, "category": "coding", "turns": ["def add(a, b):", "more"]},
@@ -179,3 +180,13 @@ def test_shipped_spec_bench_questions():
     questions = load_questions(default_questions_path())
     assert len(questions) == 480
     assert len(select(questions, None, 2)) == 26  # 13 categories
+
+
+def test_auto_gets_the_draft_model_as_an_arm_and_ngram_does_not():
+    """As `adaspec generate` runs auto with the default pair, the bench's auto has the
+    draft model as an arm; a model-free method is measured without it."""
+    target, draft = backend(tiny_model(seed=0)), backend(tiny_model(seed=3))
+    auto = AdaspecMethod("auto:goodput", target, draft).engine.drafter
+    assert set(auto.drafters) == {"ngram", "model"}
+    assert set(AdaspecMethod("auto", target, None).engine.drafter.drafters) == {"ngram"}
+    assert AdaspecMethod.uses_draft("auto:goodput") and not AdaspecMethod.uses_draft("ngram")

@@ -186,3 +186,14 @@ def test_profile_bad_list(model_dir):
     assert_one_line_error(
         run("profile", "--target", str(model_dir), "--ks", "1,x"), "whole numbers"
     )
+
+
+def test_drafters_that_can_use_a_model_get_the_default_pairs_draft():
+    from adaspec.api import _draft_for
+    from adaspec.models import DEFAULT_DRAFT, DEFAULT_TARGET
+
+    assert _draft_for(DEFAULT_TARGET, None, usable=True) == DEFAULT_DRAFT
+    assert _draft_for(DEFAULT_TARGET, None, usable=False) is None
+    assert _draft_for(DEFAULT_TARGET, "none", usable=True) is None  # opted out
+    assert _draft_for("/models/other", None, usable=True) is None  # no pair known
+    assert _draft_for("/models/other", "/models/small", usable=True) == "/models/small"

@@ -14,7 +14,7 @@ from adaspec.drafters.base import Draft
 from adaspec.drafters.ngram import match_confidence
 from adaspec.engine import Engine
 from adaspec.policies.base import Budget
-from adaspec.policies.estimates import Calibration, VerifyCost
+from adaspec.policies.estimates import Acceptance, Calibration, DraftCost, VerifyCost
 from adaspec.policies.goodput import GoodputPolicy, best_length, best_prefix, expected_tokens
 from adaspec.state import DecodeState
 from adaspec.stats import StepOutcome
@@ -294,3 +294,163 @@ def test_goodput_and_auto_speculate_on_tiny_models_and_match_autoregressive():
     result = engine.generate(prompt, GenerationConfig(max_new_tokens=40))
     assert result.token_ids == expected
     assert result.stats.summary()["drafted"] > 0
+
+
+class _CostedArm:
+    """A drafter that fills its budget with tokens of one confidence when ``has_draft``
+    says it has any, each token costing ``ms`` of drafting; counts how often it is asked."""
+
+    def __init__(self, name: str, ms: float, confidence: float, has_draft=lambda step: True):
+        self.name, self.ms, self.confidence, self.has_draft = name, ms, confidence, has_draft
+        self.step = 0
+        self.asked = 0
+        self.spent_ms = 0.0  # drafting time of the step under way
+
+    def start(self, state):
+        pass
+
+    def propose(self, state, budget: Budget) -> Draft:
+        self.asked += 1
+        k = budget.max_tokens if self.has_draft(self.step) else 0
+        self.spent_ms += self.ms * k
+        return Draft([7] * k, None, [self.confidence] * k, self.name)
+
+    def observe(self, outcome):
+        self.step += 1
+        self.spent_ms = 0.0
+
+
+def simulate_auto(arms, acceptance: dict[str, float], cost, steps: int, seed: int = 0):
+    """The goodput policy and the auto drafter over these arms on a synthetic machine;
+    returns the drafter that proposed each step's verified draft ("" for a plain step)."""
+    rng = random.Random(seed)
+    policy, auto = GoodputPolicy(8), AutoDrafter({arm.name: arm for arm in arms})
+    state = DecodeState([1, 2, 3], 3, SamplingParams(), torch.Generator())
+    policy.start(state)
+    auto.start(state)
+    used = []
+    for _ in range(steps):
+        proposal = auto.propose(state, policy.budget(state))
+        draft = proposal.prefix(policy.trim(proposal))
+        accepted = 0
+        while accepted < len(draft.tokens) and rng.random() < acceptance.get(draft.source, 0):
+            accepted += 1
+        used.append(draft.source if draft.tokens else "")
+        outcome = StepOutcome(
+            drafted=len(draft.tokens),
+            accepted=accepted,
+            emitted=accepted + 1,
+            draft_s=sum(arm.spent_ms for arm in arms) / 1000,
+            verify_s=cost(len(draft.tokens) + 1) / 1000,
+            drafter=proposal.source,
+            proposed=len(proposal.tokens),
+            confidences=tuple(draft.confidences),
+        )
+        policy.observe(outcome)
+        auto.observe(outcome)
+        state.tokens.extend([7] * outcome.emitted)
+    return used
+
+
+def test_auto_drafts_with_the_model_where_lookup_has_nothing_and_the_model_pays():
+    """A CPU where verifying 4 positions costs 1.3 steps and a draft token 0.25 of one: with
+    no n-gram match, the draft model (85% accepted) is the arm that pays, and it is kept."""
+    lookup = _CostedArm("ngram", 0.0, 0.9, has_draft=lambda step: False)
+    model = _CostedArm("model", 25.0, 0.9)
+    cost = lambda n: 100.0 + 10.0 * (n - 1)  # noqa: E731
+    used = simulate_auto([lookup, model], {"model": 0.85}, cost, 80)
+    assert used[20:].count("model") >= 50, used
+
+
+def test_auto_leaves_a_model_that_costs_half_a_step_after_probing_it():
+    """The llama.cpp case: a draft token costs half a target step and verifying is dear, so
+    after a probe or two the model arm is neither used nor asked to draft."""
+    lookup = _CostedArm("ngram", 0.0, 0.9, has_draft=lambda step: False)
+    model = _CostedArm("model", 50.0, 0.9)
+    cost = lambda n: 77.0 + 43.0 * (n - 1)  # noqa: E731
+    used = simulate_auto([lookup, model], {"model": 0.6}, cost, 80)
+    asked = model.asked
+    assert used[10:].count("model") == 0, used
+    assert asked <= 4, asked
+
+
+def test_auto_keeps_a_good_lookup_without_asking_the_model():
+    """Where the n-gram match is long and reliable, the model is not worth its cost: it is
+    not asked, so a text that copies the prompt pays nothing for having a draft model."""
+    lookup = _CostedArm("ngram", 0.0, 0.99)
+    model = _CostedArm("model", 25.0, 0.9)
+    cost = lambda n: 100.0 + 10.0 * (n - 1)  # noqa: E731
+    used = simulate_auto([lookup, model], {"ngram": 0.99, "model": 0.85}, cost, 60)
+    assert used[10:].count("ngram") >= 45, used
+    assert model.asked <= 10, model.asked
+
+
+def test_auto_switches_arms_when_the_text_stops_copying():
+    """Lookup matches for 40 steps, then never again: the model takes over within a few."""
+    lookup = _CostedArm("ngram", 0.0, 0.99, has_draft=lambda step: step < 40)
+    model = _CostedArm("model", 25.0, 0.9)
+    cost = lambda n: 100.0 + 10.0 * (n - 1)  # noqa: E731
+    used = simulate_auto([lookup, model], {"ngram": 0.99, "model": 0.85}, cost, 90)
+    assert used[10:40].count("ngram") >= 25, used[:40]
+    assert used[50:].count("model") >= 35, used[40:]
+
+
+def test_a_drafters_first_step_in_a_request_does_not_price_its_tokens():
+    """A draft model's first proposal prefills the prompt: that set-up is not a per-token
+    cost. What a drafted token costs is the machine's, so it carries over to the next."""
+    policy = GoodputPolicy(8)
+    state = DecodeState([1, 2, 3], 3, SamplingParams(), torch.Generator())
+    policy.start(state)
+    policy.observe(StepOutcome(2, 2, 3, 2.0, 0.1, drafter="model", proposed=2))
+    assert "model" not in policy.draft_ms
+    policy.observe(StepOutcome(2, 2, 3, 0.05, 0.1, drafter="model", proposed=2))
+    assert policy.draft_ms["model"].value == pytest.approx(25.0)
+    policy.start(state)
+    assert policy.budget(state).for_drafter("model").promise is not None
+
+
+def test_a_smaller_forward_never_looks_dearer_than_a_larger_one():
+    """A size timed once in a noisy moment must not make a short draft look dearer than a
+    longer one (which would skip the draft length that pays)."""
+    cost = VerifyCost()
+    cost.observe(1, 200.0, 10)
+    cost.observe(2, 280.0, 10)  # once, under load
+    cost.observe(3, 230.0, 10)
+    assert cost.ms(2) == pytest.approx(230.0)
+    assert cost.ms(1) == pytest.approx(200.0)
+
+
+def test_one_unlucky_short_draft_does_not_write_a_drafter_off():
+    """Acceptance pools tested tokens: after 2/2, 2/2, 1/2, a 0/2 leaves a drafter that has
+    been right 5 times in 7 near that, where averaging step estimates would say about a
+    half; unused, its estimate returns to the prior."""
+    acceptance = Acceptance()
+    for accepted in (2, 2, 1, 0):
+        acceptance.observe("model", 2, accepted)
+    assert 0.6 < acceptance.rate("model") < 0.75
+    for _ in range(60):
+        acceptance.idle_except("ngram")
+    assert acceptance.rate("model") == pytest.approx(acceptance.prior, abs=0.01)
+
+
+def test_one_catch_up_does_not_price_a_draft_model_out():
+    """A draft model that sat out steps feeds what it skipped before drafting: that step's
+    cost per token is an outlier, and a drafter priced out is never timed again."""
+    cost = DraftCost()
+    for _ in range(5):
+        cost.add(90.0)
+    cost.add(900.0)
+    assert cost.value == pytest.approx(90.0 * 1.15)
+    for _ in range(40):
+        cost.add(300.0)  # a lasting change still comes through
+    assert cost.value == pytest.approx(300.0, rel=0.01)
+
+
+def test_a_drafter_priced_out_drifts_back_to_its_cheapest_cost():
+    cost = DraftCost()
+    for sample in (90.0, 130.0, 190.0, 280.0):
+        cost.add(sample)
+    assert cost.value > 130.0
+    for _ in range(100):
+        cost.idle()
+    assert cost.value == pytest.approx(90.0, rel=0.01)

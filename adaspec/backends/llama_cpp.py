@@ -151,9 +151,15 @@ class LlamaCppBackend:
 
     @classmethod
     def load(
-        cls, path: str | Path, device: str | None = None, dtype: str | None = None, **options
+        cls,
+        path: str | Path,
+        device: str | None = None,
+        dtype: str | None = None,
+        drafting: bool = False,
+        **options,
     ) -> LlamaCppBackend:
-        """``device`` and ``dtype`` are torch notions; llama.cpp runs the file as quantized."""
+        """``device`` and ``dtype`` are torch notions; llama.cpp runs the file as quantized.
+        ``drafting`` changes nothing here: llama.cpp's layout suits one row and many."""
         return cls(Path(path), **options)
 
     def _context_params(self, n_ctx: int, n_batch: int):

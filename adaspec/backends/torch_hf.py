@@ -71,8 +71,12 @@ class TorchBackend:
         device: str | None = None,
         dtype: str | None = None,
         threads: int | None = None,
+        drafting: bool = False,
     ) -> TorchBackend:
-        """A backend for a model folder or a ``.gguf`` file (converted once, then cached)."""
+        """A backend for a model folder or a ``.gguf`` file (converted once, then cached).
+        A model loaded for ``drafting`` runs one row at a time (and its prompt once), where
+        the dense layout is the fast one, so it is not packed: that would double its memory
+        for nothing (the default pair in one process then fits in 24 GB beside the peers)."""
         if threads:
             torch.set_num_threads(threads)  # process-wide: torch has no per-model threads
         hf_logging.disable_progress_bar()  # the CLI shows its own status; keep stderr clean
@@ -82,7 +86,8 @@ class TorchBackend:
         torch_dtype = _dtype(dtype, device)
         folder = hf_folder(path)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype).to(device)
-        pack_linears(model)  # fp32 on CPU only: makes verifying k tokens far cheaper than k steps
+        if not drafting:
+            pack_linears(model)  # fp32 on CPU only: verifying k tokens far cheaper than k steps
         tokenizer = HFTokenizer(AutoTokenizer.from_pretrained(folder))
         return cls(model, tokenizer, label=str(path))
 

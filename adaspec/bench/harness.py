@@ -18,8 +18,9 @@ from adaspec.errors import ConfigError
 from adaspec.models import DEFAULT_DRAFT, DEFAULT_TARGET, NAMED_MODELS, resolve_model
 
 BASELINE = "none"
-# The adaptive default and one classic fixed-rule method; the draft-model methods (e.g.
-# model:confidence) are opt-in: on a CPU the draft's own prefill doubles a run's cost.
+# The adaptive default (with the draft model as one of auto's arms) and one classic
+# fixed-rule method; methods that always draft with the model (e.g. model:confidence) are
+# opt-in: on a CPU where the draft costs half a target step they only show it loses.
 DEFAULT_METHODS = ("none", "auto:goodput", "ngram:heuristic")
 
 
@@ -56,10 +57,10 @@ def run_bench(
     questions = select(load_questions(options.questions), options.categories, options.per_category)
     methods_spec = list(dict.fromkeys([BASELINE, *options.methods]))
     target = _load(options, options.target)
-    needs_draft = any(AdaspecMethod.needs_draft(m) for m in methods_spec)
-    draft = _load(options, options.draft) if needs_draft and options.draft else None
+    uses_draft = any(AdaspecMethod.uses_draft(m) for m in methods_spec)
+    draft = _load(options, options.draft, drafting=True) if uses_draft and options.draft else None
     methods: list[Method] = [AdaspecMethod(m, target, draft, options.k) for m in methods_spec]
-    peers, notes = _peers(options, target) if options.peers else ([], [])
+    peers, notes = _peers(options, target, draft) if options.peers else ([], [])
     methods += peers
     runs = measure(
         methods,
@@ -82,19 +83,23 @@ def run_bench(
     return BenchOutcome(path, problems, text)
 
 
-def _load(options: BenchOptions, model: str):
-    return load_backend(model, options.backend, options.device, options.dtype, options.threads)
+def _load(options: BenchOptions, model: str, drafting: bool = False):
+    return load_backend(
+        model, options.backend, options.device, options.dtype, options.threads, drafting
+    )
 
 
-def _peers(options: BenchOptions, target) -> tuple[list[Method], list[str]]:
+def _peers(options: BenchOptions, target, draft) -> tuple[list[Method], list[str]]:
     target_path = resolve_model(options.target)
     if target.name == "llama.cpp":
         return peer_factories.llama_cpp_peers(target_path, target.threads, target.context_length)
     from adaspec.backends.torch_hf import hf_folder
 
+    # adaspec's own draft model is loaded unpacked for drafting: as transformers loads it
+    shared = draft.model if draft is not None and draft.name == "torch" else None
     draft_folder = hf_folder(resolve_model(options.draft)) if options.draft else None
     return peer_factories.transformers_peers(
-        hf_folder(target_path), draft_folder, target.device, target.model.dtype
+        hf_folder(target_path), shared or draft_folder, target.device, target.model.dtype
     )
 
 

@@ -55,8 +55,8 @@ def peak_rss_mb() -> float:
 
 class AdaspecMethod:
     """``drafter[:policy]`` through the adaspec engine, e.g. ``none``, ``ngram:heuristic``
-    (the policy defaults to goodput). Only drafters that need the draft model get it, so
-    ``auto`` is measured model-free, as ``adaspec generate`` runs it with no --draft."""
+    (the policy defaults to goodput). Drafters that can use the draft model get it, so
+    ``auto`` has it as an arm, as ``adaspec generate`` runs it with the default pair."""
 
     def __init__(
         self, spec: str, target: Backend, draft: Backend | None, k: int | None = None
@@ -65,7 +65,7 @@ class AdaspecMethod:
         if drafter_cls.needs_draft_model and draft is None:
             raise ConfigError(f"method {spec!r} needs a draft model: pass --draft")
         self.name = spec
-        drafter = drafter_cls.create(target, draft if drafter_cls.needs_draft_model else None)
+        drafter = drafter_cls.create(target, draft if drafter_cls.uses_draft_model else None)
         self.engine = Engine(target, drafter, policy_cls.create(k, target))
 
     @staticmethod
@@ -75,8 +75,8 @@ class AdaspecMethod:
         return DRAFTERS.get(drafter), POLICIES.get(policy or "goodput")
 
     @classmethod
-    def needs_draft(cls, spec: str) -> bool:
-        return cls.parse(spec)[0].needs_draft_model
+    def uses_draft(cls, spec: str) -> bool:
+        return cls.parse(spec)[0].uses_draft_model
 
     def run(self, prompt: list[int], max_new_tokens: int) -> dict:
         result = self.engine.generate(prompt, GenerationConfig(max_new_tokens=max_new_tokens))

@@ -76,7 +76,7 @@ def _without_repacked_weights() -> Iterator[None]:
 
 def transformers_peers(
     target_folder: Path,
-    draft_folder: Path | None,
+    draft: Path | torch.nn.Module | None,
     device: torch.device | str = "cpu",
     dtype: torch.dtype | None = None,
     lookup: int = 10,
@@ -84,7 +84,8 @@ def transformers_peers(
     """Hugging Face ``generate()``: plain, ``assistant_model=``, ``prompt_lookup_num_tokens=``.
 
     They run on adaspec's device and dtype: a peer on another device measures the hardware,
-    not the method."""
+    not the method. ``draft`` is a folder, or the draft model adaspec already holds (loaded
+    as transformers loads it): the same weights are not held twice."""
     from transformers import AutoModelForCausalLM
 
     def load(folder: Path):
@@ -92,7 +93,8 @@ def transformers_peers(
         return model.to(device).eval()
 
     target = load(target_folder)
-    draft = load(draft_folder) if draft_folder is not None else None
+    if isinstance(draft, Path):
+        draft = load(draft)
 
     def make(**options):
         @torch.inference_mode()

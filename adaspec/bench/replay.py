@@ -172,7 +172,8 @@ def saved_profile(bench_dir: Path) -> CostProfile:
 
 def replay(method: str, cases: Sequence[Case], profile: CostProfile) -> list[Replayed]:
     """One method over the cases in order, its policy learning across them as in a bench.
-    Raises if the method's output leaves the script: that would be a lossless bug."""
+    Raises if the method's output leaves the script: that would be a lossless bug. Model-free
+    only: there is no draft model to script, so ``auto`` replays without its model arm."""
     clock = ScriptedClock()
     vocab = 1 + max(max(c.prompt + c.answer) for c in cases)
     target = ScriptedTarget(profile, clock, vocab)

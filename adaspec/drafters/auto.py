@@ -1,16 +1,27 @@
-"""The auto drafter: a bandit over the available drafters, rewarded by tokens per second.
+"""The auto drafter: a bandit over the available drafters, by tokens per second.
 
 Which drafter pays depends on the text (n-gram lookup wins where output copies the prompt,
 a draft model where it does not) and on the machine (a draft model that costs half a
-target step cannot win on a CPU). Rather than a fixed rule, each step uses the arm with the
-best discounted tokens-per-second seen in this request plus an exploration bonus
-(discounted UCB), so it switches when the evidence changes. With no draft model it chooses
-among the model-free drafters only.
+target step cannot win on a CPU). Rather than a fixed rule, each step is decided from what
+this request has shown so far, so the choice switches when the evidence changes.
+
+With a policy that predicts rates (goodput), the arms are asked cheapest first, and an arm
+is asked only when the policy promises more tokens per second from it (its acceptance and
+drafting cost, learned online) than the draft in hand is worth; the best draft is kept. A
+free n-gram match is therefore always looked up, and a draft model runs only where the
+lookup has nothing as good, and only on a machine where it pays. Step rewards could not
+tell these apart: an n-gram arm's steps include every plain step it had no match for, and a
+draft model's first short probes lose to plain steps even where longer drafts would win.
+Exploration comes from the policy's estimates drifting back to their priors while unused.
+With any other policy, each step uses the arm with the best discounted tokens per second
+seen in this request plus an exploration bonus (discounted UCB). With no draft model it
+chooses among the model-free drafters only.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import ClassVar
 
 from adaspec.backends.base import Backend
@@ -35,12 +46,13 @@ class _Arm:
 
 @DRAFTERS.register("auto")
 class AutoDrafter:
-    needs_draft_model: ClassVar[bool] = False  # uses one when given, never requires it
+    needs_draft_model: ClassVar[bool] = False
+    uses_draft_model: ClassVar[bool] = True  # as an arm, when one is given
 
     def __init__(
         self, arms: dict[str, Drafter], discount: float = 0.95, exploration: float = 0.3
     ) -> None:
-        self.drafters = arms
+        self.drafters = arms  # cheapest to propose first
         self.discount = discount
         self.exploration = exploration
         self.arms = {name: _Arm() for name in arms}
@@ -60,8 +72,30 @@ class AutoDrafter:
             drafter.start(state)
 
     def propose(self, state: DecodeState, budget: Budget) -> Draft:
+        if budget.value is not None:
+            return self.best_draft(state, budget, budget.value)
         self.current = self.choose()
         return self.drafters[self.current].propose(state, budget.for_drafter(self.current))
+
+    def best_draft(
+        self, state: DecodeState, budget: Budget, value: Callable[[Draft], float]
+    ) -> Draft:
+        """Cheapest arm first; a dearer one only if the policy promises more from it than
+        the draft in hand is worth (one not timed yet is asked only when nothing better than
+        a plain step is in hand). A draft at least as good as the one in hand replaces it,
+        so the arm that spent the step's drafting time is the one the policy learns from."""
+        plain = value(Draft())
+        best, in_hand = Draft(), plain
+        for name, drafter in self.drafters.items():
+            arm = budget.for_drafter(name)
+            promise = plain if arm.promise is None else arm.promise
+            if arm.max_tokens == 0 or promise < in_hand:
+                continue
+            draft = drafter.propose(state, arm)
+            worth = value(draft)
+            if worth >= in_hand:
+                best, in_hand = draft, worth
+        return best
 
     def observe(self, outcome: StepOutcome) -> None:
         if self.current is not None:

@@ -35,7 +35,8 @@ class Draft:
 
 @runtime_checkable
 class Drafter(Protocol):
-    needs_draft_model: ClassVar[bool]
+    needs_draft_model: ClassVar[bool]  # cannot draft without a draft model
+    uses_draft_model: ClassVar[bool]  # drafts with one when given (so do those that need one)
 
     @classmethod
     def create(cls, target: Backend, draft: Backend | None) -> Drafter:

@@ -26,6 +26,7 @@ from adaspec.stats import StepOutcome
 @DRAFTERS.register("model")
 class ModelDrafter:
     needs_draft_model: ClassVar[bool] = True
+    uses_draft_model: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -84,16 +85,20 @@ class ModelDrafter:
         pass  # the cache is re-synchronised from the committed tokens in propose()
 
     def _catch_up(self, tokens: Sequence[int]) -> torch.Tensor:
-        """Roll back to the longest prefix shared with ``tokens`` and feed the rest; only
-        the last token's logits are needed (the prompt, on the first call, is prefilled)."""
+        """Roll back to the longest prefix shared with ``tokens`` and feed the rest in one
+        forward that scores only the last (the prompt on the first call; after a fully
+        accepted draft, its last token and the target's bonus token: one forward, not two)."""
         shared = _common_prefix(self._fed, tokens)
         shared = min(shared, len(tokens) - 1)  # feed at least one token to get logits
         self.backend.rollback(shared)
         del self._fed[shared:]
         missing = tokens[shared:]
-        self.backend.prefill(missing[:-1])
-        self._fed.extend(missing[:-1])
-        return self._feed(missing[-1:])
+        if self.head is not None:  # the head reads the last token's hidden state
+            self.backend.prefill(missing[:-1])
+            self._fed.extend(missing[:-1])
+            return self._feed(missing[-1:])
+        self._fed.extend(missing)
+        return _fit_width(self.backend.score_prompt(missing), self.vocab_size)
 
     def _rejection_likely(self, all_accepted: float) -> bool:
         """SpecDec++: stop once P(some drafted token is rejected) passes the threshold."""

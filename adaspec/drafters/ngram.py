@@ -81,6 +81,7 @@ def copy_confidences(n: int, k: int) -> list[float]:
 @DRAFTERS.register("ngram")
 class NgramDrafter:
     needs_draft_model: ClassVar[bool] = False
+    uses_draft_model: ClassVar[bool] = False
 
     def __init__(self, max_ngram: int = 6, min_ngram: int = 1) -> None:
         self.max_ngram = max_ngram

@@ -15,6 +15,7 @@ from adaspec.stats import StepOutcome
 @DRAFTERS.register("none")
 class NoDrafter:
     needs_draft_model: ClassVar[bool] = False
+    uses_draft_model: ClassVar[bool] = False
 
     @classmethod
     def create(cls, target: Backend, draft: Backend | None) -> NoDrafter:

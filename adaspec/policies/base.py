@@ -6,7 +6,7 @@ drafter a Budget, the drafter fills at most that much, and both see the step's o
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -30,6 +30,12 @@ class Budget:
     # Budgets for named drafters that differ from this one (a policy that learns per
     # drafter fills it; the auto drafter reads the entry of the arm it uses).
     per_drafter: Mapping[str, Budget] = field(default_factory=dict)
+    # What the policy expects, in tokens per millisecond, so that a drafter choosing among
+    # drafters (auto) asks only those worth asking: ``promise`` of a step drafting under
+    # this budget (drafting included), ``value`` of verifying a draft already in hand.
+    # None: the policy makes no predictions.
+    promise: float | None = None
+    value: Callable[[Draft], float] | None = None
 
     def capped(self, limit: int) -> Budget:
         limit = max(0, limit)

@@ -29,6 +29,29 @@ class Ewma:
         self.value = x if self.value is None else self.value + self.weight * (x - self.value)
 
 
+class DraftCost(Ewma):
+    """Milliseconds per drafted token, for one drafter. A step's sample counts at most
+    ``jump`` times the estimate: a draft model that sat out some steps (the n-gram drafted
+    meanwhile) first feeds what it skipped, a one-off that says little of what a token
+    costs; a lasting change still comes through, at most 15% a step. A drafter priced out
+    is not asked, so never timed again: while unused its estimate drifts back toward the
+    cheapest it has been (``recall`` a step), and it gets asked again in time."""
+
+    def __init__(self, weight: float = 0.3, jump: float = 1.5, recall: float = 0.05) -> None:
+        super().__init__(weight)
+        self.jump = jump
+        self.recall = recall
+        self.floor: float | None = None  # the cheapest sample seen
+
+    def add(self, x: float) -> None:
+        super().add(x if self.value is None else min(x, self.jump * self.value))
+        self.floor = x if self.floor is None else min(self.floor, x)
+
+    def idle(self) -> None:
+        if self.value is not None and self.floor is not None:
+            self.value += self.recall * (self.floor - self.value)
+
+
 class VerifyCost:
     """Milliseconds of one target forward over n positions.
 
@@ -65,6 +88,12 @@ class VerifyCost:
         return 2 * max(self.seen, default=1)
 
     def ms(self, n: int) -> float:
+        """Capped by every larger size seen: a forward over fewer positions does not cost
+        more, and a size timed once long ago (or in a noisy moment) must not make a short
+        draft look dearer than a longer one."""
+        return min([self._estimate(n)] + [e.value or 0.0 for m, e in self.seen.items() if m > n])
+
+    def _estimate(self, n: int) -> float:
         if n in self.seen:
             return self.seen[n].value or 0.0
         if self.profile is not None:
@@ -91,46 +120,43 @@ class VerifyCost:
         return max(1e-6, m0 + slope * (n - n0))
 
 
-class Recalling:
-    """A probability estimate that moves toward each step's evidence (weight ``weight``)
-    and, on steps without evidence, drifts back toward its prior (rate ``recall``): an
-    option ruled out once is tried again later, since the text may have changed."""
-
-    def __init__(self, prior: float, weight: float = 0.3, recall: float = 0.05) -> None:
-        self.prior = prior
-        self.value = prior
-        self.weight = weight
-        self.recall = recall
-
-    def update(self, evidence: float) -> None:
-        self.value += self.weight * (evidence - self.value)
-
-    def idle(self) -> None:
-        self.value += self.recall * (self.prior - self.value)
-
-
 class Acceptance:
-    """P(the target accepts a drafted token), per drafter. Each step's evidence is the
-    geometric estimate a / (a + 1) when a of d tokens were accepted (a < d: one rejection,
-    later tokens never tested), a / a = 1 when all were."""
+    """P(the target accepts a drafted token), per drafter: this request's accepted tokens
+    over its tested ones (a token after the first rejection is never tested), from
+    ``pseudo`` tokens at the prior. Counts lose ``memory`` of their weight each step, so the
+    estimate follows the text as it changes, and a drafter left unused drifts back toward
+    the prior and is tried again. Pooling tokens, rather than averaging each step's own
+    estimate, keeps one unlucky short draft (0 of 2 accepted: a step estimate of 0) from
+    writing off a drafter that is right 85% of the time."""
 
-    def __init__(self, prior: float = 0.7) -> None:
+    def __init__(self, prior: float = 0.7, pseudo: float = 2.0, memory: float = 0.9) -> None:
         self.prior = prior
-        self.estimates: dict[str, Recalling] = {}
+        self.pseudo = pseudo
+        self.memory = memory
+        self.counts: dict[str, list[float]] = {}  # drafter -> [accepted, tested]
 
     def start(self) -> None:
-        self.estimates.clear()
+        self.counts.clear()
 
     def observe(self, drafter: str, drafted: int, accepted: int) -> None:
-        estimate = self.estimates.setdefault(drafter, Recalling(self.prior))
-        if drafted:
-            estimate.update(accepted / (accepted + (1 if accepted < drafted else 0)))
-        else:
-            estimate.idle()
+        counts = self.counts.setdefault(drafter, [0.0, 0.0])
+        self._age(counts)
+        counts[0] += accepted
+        counts[1] += accepted + (1 if accepted < drafted else 0)
+
+    def idle_except(self, drafter: str) -> None:
+        """A step that did not test the other drafters: their evidence ages."""
+        for name, counts in self.counts.items():
+            if name != drafter:
+                self._age(counts)
 
     def rate(self, drafter: str) -> float:
-        estimate = self.estimates.get(drafter)
-        return estimate.value if estimate else self.prior
+        accepted, tested = self.counts.get(drafter, (0.0, 0.0))
+        return (accepted + self.pseudo * self.prior) / (tested + self.pseudo)
+
+    def _age(self, counts: list[float]) -> None:
+        counts[0] *= self.memory
+        counts[1] *= self.memory
 
 
 class Calibration:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from adaspec.backends.base import Backend
 from adaspec.policies.base import POLICIES, Budget, PolicyDefaults, check_k
-from adaspec.policies.estimates import Acceptance, Calibration, Ewma, VerifyCost
+from adaspec.policies.estimates import Acceptance, Calibration, DraftCost, VerifyCost
 from adaspec.profile import CostProfile, profile_path
 from adaspec.state import DecodeState
 from adaspec.stats import StepOutcome
@@ -47,6 +47,12 @@ def best_length(
 def best_prefix(probs: Sequence[float], verify_ms: Callable[[int], float], spent_ms: float) -> int:
     """How many drafted tokens to verify, given each one's acceptance probability: the
     prefix with the most expected tokens per millisecond of this step."""
+    return _best_prefix_and_rate(probs, verify_ms, spent_ms)[0]
+
+
+def _best_prefix_and_rate(
+    probs: Sequence[float], verify_ms: Callable[[int], float], spent_ms: float
+) -> tuple[int, float]:
     best, best_rate, expected, alive = 0, 1.0 / (verify_ms(1) + spent_ms), 1.0, 1.0
     for i, p in enumerate(probs, start=1):
         alive *= p
@@ -54,7 +60,7 @@ def best_prefix(probs: Sequence[float], verify_ms: Callable[[int], float], spent
         rate = expected / (verify_ms(i + 1) + spent_ms)
         if rate > best_rate:
             best, best_rate = i, rate
-    return best
+    return best, best_rate
 
 
 @POLICIES.register("goodput")
@@ -64,7 +70,8 @@ class GoodputPolicy(PolicyDefaults):
         self.verify = VerifyCost(profile)
         self.acceptance = Acceptance()
         self.calibration = Calibration()
-        self.draft_ms: dict[str, Ewma] = {}  # per drafter: ms per proposed token
+        self.draft_ms: dict[str, DraftCost] = {}  # per drafter: ms per proposed token
+        self.set_up: set[str] = set()  # drafters that have drafted in this request
         self.prescored = False  # the step under way has its first row from the prefill
 
     @classmethod
@@ -78,37 +85,53 @@ class GoodputPolicy(PolicyDefaults):
         self.verify.start(len(state.tokens))
         self.acceptance.start()
         self.calibration.start()
-        self.draft_ms = {}
+        self.set_up = set()
 
     def budget(self, state: DecodeState) -> Budget:
         self.prescored = state.next_logits is not None
-        per = {name: Budget(self._length(name)) for name in self.draft_ms}
-        return Budget(PROBE, per_drafter=per)
+        per = {name: self._plan(name) for name in self.draft_ms}
+        return Budget(PROBE, per_drafter=per, value=self.value)
 
     def trim(self, draft: Draft) -> int:
-        probs = [self.calibration.probability(draft.source, c) for c in draft.confidences]
-        probs += [self.acceptance.rate(draft.source)] * (len(draft.tokens) - len(probs))
-        probs = probs[: self.verify.explored_limit() - 1]
         spent = self._draft_ms(draft.source) * len(draft.tokens)
-        return best_prefix(probs, self._step_ms, spent)
+        return best_prefix(self._probabilities(draft), self._step_ms, spent)
+
+    def value(self, draft: Draft) -> float:
+        """Expected tokens per millisecond of verifying what trim() would keep of a draft
+        in hand (its drafting is spent: a plain step is worth 1 / a one-token step)."""
+        return _best_prefix_and_rate(self._probabilities(draft), self._step_ms, 0.0)[1]
 
     def observe(self, outcome: StepOutcome) -> None:
         context = self.verify.context + outcome.emitted
         self.verify.observe(outcome.positions, outcome.verify_s * 1000, context)
+        self.acceptance.idle_except(outcome.drafter)
+        for name, cost in self.draft_ms.items():
+            if name != outcome.drafter:
+                cost.idle()
         if not outcome.drafter:
             return
-        if outcome.proposed:
+        if outcome.proposed and outcome.drafter in self.set_up:
             per_token = outcome.draft_s * 1000 / outcome.proposed
-            self.draft_ms.setdefault(outcome.drafter, Ewma()).add(per_token)
+            self.draft_ms.setdefault(outcome.drafter, DraftCost()).add(per_token)
+        self.set_up.add(outcome.drafter)  # its first step paid set-up, not drafting
         self.acceptance.observe(outcome.drafter, outcome.drafted, outcome.accepted)
         self.calibration.observe(outcome.drafter, outcome.confidences, outcome.accepted)
 
-    def _length(self, drafter: str) -> int:
+    def _plan(self, drafter: str) -> Budget:
+        """The budget for one drafter, with the rate the policy expects of it."""
         k_max = min(self.k_max, self.verify.explored_limit() - 1)
-        draft_ms = self._draft_ms(drafter)
+        draft_ms, acceptance = self._draft_ms(drafter), self.acceptance.rate(drafter)
+        k = best_length(acceptance, self._step_ms, draft_ms, k_max)
+        promise = expected_tokens(acceptance, k) / (self._step_ms(k + 1) + draft_ms * k)
         if draft_ms * k_max <= FREE_DRAFT * self.verify.ms(1):
-            return k_max  # drafting is free: draft all, trim() decides what to verify
-        return best_length(self.acceptance.rate(drafter), self._step_ms, draft_ms, k_max)
+            k = k_max  # drafting is free: draft all, trim() decides what to verify
+        return Budget(k, promise=promise)
+
+    def _probabilities(self, draft: Draft) -> list[float]:
+        """Each drafted token's chance of acceptance, as far as verifying may reach."""
+        probs = [self.calibration.probability(draft.source, c) for c in draft.confidences]
+        probs += [self.acceptance.rate(draft.source)] * (len(draft.tokens) - len(probs))
+        return probs[: self.verify.explored_limit() - 1]
 
     def _step_ms(self, n: int) -> float:
         """Milliseconds of a step that scores n positions. When the prefill has scored the
