@@ -454,3 +454,26 @@ def test_a_drafter_priced_out_drifts_back_to_its_cheapest_cost():
     for _ in range(100):
         cost.idle()
     assert cost.value == pytest.approx(90.0, rel=0.01)
+
+
+def test_a_long_context_prices_the_draft_models_first_step_in_a_request():
+    """A draft model's first step in a request prefills the whole context: spread over the
+    steps left, it makes the model's promise lower for a long prompt than for a short one,
+    and costs nothing once the model has drafted in this request."""
+    policy = GoodputPolicy(8)
+    state = DecodeState([1] * 100, 100, SamplingParams(), torch.Generator())
+    for n in (1, 2, 3):
+        policy.verify.observe(n, COSTS["cpu-measured"](n), 100)
+    policy.draft_ms["model"] = DraftCost()
+    policy.draft_ms["model"].add(20.0)
+    policy.start(state)
+    policy.observe(StepOutcome(2, 2, 3, 0.040 + 0.5, 0.07, drafter="model", proposed=2))
+    assert policy.setup_ms["model"].value == pytest.approx(500.0 / 100)  # ms per context token
+    policy.start(state)  # a new request: the model not used in it yet
+    policy.verify.context = 50
+    short = policy.budget(state).for_drafter("model").promise
+    policy.verify.context = 1000
+    long = policy.budget(state).for_drafter("model").promise
+    assert long < short
+    policy.observe(StepOutcome(2, 2, 3, 0.040, 0.07, drafter="model", proposed=2))
+    assert policy.budget(state).for_drafter("model").promise > short

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from adaspec.backends.base import Backend
 from adaspec.policies.base import POLICIES, Budget, PolicyDefaults, check_k
-from adaspec.policies.estimates import Acceptance, Calibration, DraftCost, VerifyCost
+from adaspec.policies.estimates import Acceptance, Calibration, DraftCost, Ewma, VerifyCost
 from adaspec.profile import CostProfile, profile_path
 from adaspec.state import DecodeState
 from adaspec.stats import StepOutcome
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 FREE_DRAFT = 0.05  # a drafter costing under this share of a one-token forward is "free"
 PROBE = 2  # tokens a drafter not seen yet in this request may draft: learns its cost
+HORIZON = 32  # steps a request is assumed to take before one has ended
 
 
 def expected_tokens(acceptance: float, k: int) -> float:
@@ -72,6 +73,9 @@ class GoodputPolicy(PolicyDefaults):
         self.calibration = Calibration()
         self.draft_ms: dict[str, DraftCost] = {}  # per drafter: ms per proposed token
         self.set_up: set[str] = set()  # drafters that have drafted in this request
+        self.setup_ms: dict[str, Ewma] = {}  # per drafter: set-up ms per token of context
+        self.steps = 0  # steps of this request so far
+        self.request_steps = Ewma()  # steps a request has taken
         self.prescored = False  # the step under way has its first row from the prefill
 
     @classmethod
@@ -86,6 +90,9 @@ class GoodputPolicy(PolicyDefaults):
         self.acceptance.start()
         self.calibration.start()
         self.set_up = set()
+        if self.steps:
+            self.request_steps.add(self.steps)
+        self.steps = 0
 
     def budget(self, state: DecodeState) -> Budget:
         self.prescored = state.next_logits is not None
@@ -102,7 +109,8 @@ class GoodputPolicy(PolicyDefaults):
         return _best_prefix_and_rate(self._probabilities(draft), self._step_ms, 0.0)[1]
 
     def observe(self, outcome: StepOutcome) -> None:
-        context = self.verify.context + outcome.emitted
+        self.steps += 1
+        before, context = self.verify.context, self.verify.context + outcome.emitted
         self.verify.observe(outcome.positions, outcome.verify_s * 1000, context)
         self.acceptance.idle_except(outcome.drafter)
         for name, cost in self.draft_ms.items():
@@ -113,6 +121,10 @@ class GoodputPolicy(PolicyDefaults):
         if outcome.proposed and outcome.drafter in self.set_up:
             per_token = outcome.draft_s * 1000 / outcome.proposed
             self.draft_ms.setdefault(outcome.drafter, DraftCost()).add(per_token)
+        elif outcome.proposed and outcome.drafter in self.draft_ms:  # its first step here
+            excess = outcome.draft_s * 1000 - self._draft_ms(outcome.drafter) * outcome.proposed
+            per_context = max(0.0, excess) / max(before, 1)
+            self.setup_ms.setdefault(outcome.drafter, Ewma()).add(per_context)
         self.set_up.add(outcome.drafter)  # its first step paid set-up, not drafting
         self.acceptance.observe(outcome.drafter, outcome.drafted, outcome.accepted)
         self.calibration.observe(outcome.drafter, outcome.confidences, outcome.accepted)
@@ -122,10 +134,22 @@ class GoodputPolicy(PolicyDefaults):
         k_max = min(self.k_max, self.verify.explored_limit() - 1)
         draft_ms, acceptance = self._draft_ms(drafter), self.acceptance.rate(drafter)
         k = best_length(acceptance, self._step_ms, draft_ms, k_max)
-        promise = expected_tokens(acceptance, k) / (self._step_ms(k + 1) + draft_ms * k)
+        spent = self._step_ms(k + 1) + draft_ms * k + self._setup_share(drafter)
+        promise = expected_tokens(acceptance, k) / spent
         if draft_ms * k_max <= FREE_DRAFT * self.verify.ms(1):
             k = k_max  # drafting is free: draft all, trim() decides what to verify
         return Budget(k, promise=promise)
+
+    def _setup_share(self, drafter: str) -> float:
+        """A step's share of what a drafter not yet used in this request pays first (a draft
+        model prefills the whole context): spread over the steps a request has had left at
+        this point on average, so a long prompt with a short answer left does not buy the
+        model, and a short prompt barely notices it."""
+        rate = self.setup_ms.get(drafter)
+        if drafter in self.set_up or rate is None or rate.value is None:
+            return 0.0
+        expected_steps = self.request_steps.value or float(HORIZON)
+        return rate.value * self.verify.context / max(1.0, expected_steps - self.steps)
 
     def _probabilities(self, draft: Draft) -> list[float]:
         """Each drafted token's chance of acceptance, as far as verifying may reach."""
