@@ -96,7 +96,7 @@ def load(
         raise ConfigError(f"drafter {drafter!r} needs a draft model: pass --draft NAME_OR_PATH")
     target_backend = load_backend(target, backend, device, dtype, threads)
     draft_model = None
-    if draft is not None:  # named, or the default pair's for the model drafter
+    if draft is not None:  # named, or the default pair's for a drafter that uses one
         draft_model = load_backend(
             draft, draft_backend or backend, device, dtype, threads, drafting=True
         )

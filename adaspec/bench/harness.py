@@ -95,11 +95,13 @@ def _peers(options: BenchOptions, target, draft) -> tuple[list[Method], list[str
         return peer_factories.llama_cpp_peers(target_path, target.threads, target.context_length)
     from adaspec.backends.torch_hf import hf_folder
 
-    # adaspec's own draft model is loaded unpacked for drafting: as transformers loads it
-    shared = draft.model if draft is not None and draft.name == "torch" else None
-    draft_folder = hf_folder(resolve_model(options.draft)) if options.draft else None
+    peer_draft = None
+    if draft is not None and draft.name == "torch":
+        peer_draft = draft.model  # loaded unpacked for drafting: as transformers loads it
+    elif options.draft:
+        peer_draft = hf_folder(resolve_model(options.draft))
     return peer_factories.transformers_peers(
-        hf_folder(target_path), shared or draft_folder, target.device, target.model.dtype
+        hf_folder(target_path), peer_draft, target.device, target.model.dtype
     )
 
 
