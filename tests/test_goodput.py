@@ -16,6 +16,7 @@ from adaspec.engine import Engine
 from adaspec.policies.base import Budget
 from adaspec.policies.estimates import Acceptance, Calibration, DraftCost, VerifyCost
 from adaspec.policies.goodput import GoodputPolicy, best_length, best_prefix, expected_tokens
+from adaspec.profile import CostProfile
 from adaspec.state import DecodeState
 from adaspec.stats import StepOutcome
 from tests.tiny import DRAFTERS, ClockedBackend, FakeClock, ar_tokens, backend, tiny_model
@@ -320,17 +321,29 @@ class _CostedArm:
         self.spent_ms = 0.0
 
 
-def simulate_auto(arms, acceptance: dict[str, float], cost, steps: int, seed: int = 0):
-    """The goodput policy and the auto drafter over these arms on a synthetic machine;
-    returns the drafter that proposed each step's verified draft ("" for a plain step)."""
+def simulate_auto(
+    arms,
+    acceptance: dict[str, float],
+    cost,
+    steps: int,
+    seed: int = 0,
+    shares: dict[str, float] | None = None,
+    profiled: bool = False,
+):
+    """The goodput policy and the auto drafter over these arms on a synthetic machine
+    (``profiled``: with a saved cost profile of it); returns the drafter that proposed each
+    step's verified draft ("" for a plain step)."""
     rng = random.Random(seed)
-    policy, auto = GoodputPolicy(8), AutoDrafter({arm.name: arm for arm in arms})
+    profile = _profile_of(cost) if profiled else None
+    policy = GoodputPolicy(8, profile)
+    auto = AutoDrafter({arm.name: arm for arm in arms}, shares)
     state = DecodeState([1, 2, 3], 3, SamplingParams(), torch.Generator())
     policy.start(state)
     auto.start(state)
     used = []
     for _ in range(steps):
-        proposal = auto.propose(state, policy.budget(state))
+        budget = policy.budget(state)
+        proposal = auto.propose(state, budget) if budget.allows_drafting else Draft()
         draft = proposal.prefix(policy.trim(proposal))
         accepted = 0
         while accepted < len(draft.tokens) and rng.random() < acceptance.get(draft.source, 0):
@@ -372,6 +385,28 @@ def test_auto_leaves_a_model_that_costs_half_a_step_after_probing_it():
     asked = model.asked
     assert used[10:].count("model") == 0, used
     assert asked <= 4, asked
+
+
+def test_auto_does_not_probe_a_model_its_weights_rule_out():
+    """llama.cpp on a CPU, profiled: even accepted at the prior rate, a draft model with
+    45% of the target's weights cannot beat plain steps, so its set-up is never paid."""
+    lookup = _CostedArm("ngram", 0.0, 0.9, has_draft=lambda step: False)
+    model = _CostedArm("model", 35.0, 0.9)
+    cost = lambda n: 77.0 + 43.0 * (n - 1)  # noqa: E731
+    shares = {"ngram": 0.0, "model": 0.45}
+    used = simulate_auto([lookup, model], {"model": 0.6}, cost, 80, shares=shares, profiled=True)
+    assert model.asked == 0 and used.count("model") == 0
+
+
+def test_a_models_weight_share_does_not_keep_it_out_where_it_pays():
+    """The torch CPU case, profiled: a model with a third of the target's weights is
+    probed on its guessed cost, and kept once timed."""
+    lookup = _CostedArm("ngram", 0.0, 0.9, has_draft=lambda step: False)
+    model = _CostedArm("model", 25.0, 0.9)
+    cost = lambda n: 100.0 + 10.0 * (n - 1)  # noqa: E731
+    shares = {"ngram": 0.0, "model": 0.32}
+    used = simulate_auto([lookup, model], {"model": 0.85}, cost, 80, shares=shares, profiled=True)
+    assert used[20:].count("model") >= 50, used
 
 
 def test_auto_keeps_a_good_lookup_without_asking_the_model():
@@ -477,3 +512,34 @@ def test_a_long_context_prices_the_draft_models_first_step_in_a_request():
     assert long < short
     policy.observe(StepOutcome(2, 2, 3, 0.040, 0.07, drafter="model", proposed=2))
     assert policy.budget(state).for_drafter("model").promise > short
+
+
+def _profile_of(cost) -> CostProfile:
+    """A saved profile of a synthetic machine whose forward over n positions costs cost(n)."""
+    ks = [1, 2, 3, 4, 6, 8, 12, 16]
+    return CostProfile("synthetic", "test", 1, ks, [128], [[cost(k) for k in ks]], [[0.0] * 8])
+
+
+def test_a_backends_weight_bytes_give_the_draft_models_share():
+    """What auto guesses a draft model costs before timing it: its weights over the
+    target's (a packed target counts its weights once)."""
+    target, draft = backend(tiny_model(hidden=64)), backend(tiny_model(hidden=32))
+    count = lambda m: sum(p.numel() for p in m.parameters()) * 8  # noqa: E731  (float64)
+    assert target.weight_bytes == count(target.model)
+    auto = AutoDrafter.create(target, draft)
+    assert auto.shares["model"] == pytest.approx(count(draft.model) / count(target.model))
+    assert 0.0 < auto.shares["model"] < 0.5
+
+
+def test_goodput_times_plain_steps_before_it_drafts():
+    """Speculation is judged against a plain step, so plain steps are timed before any
+    draft, and a cold first one (weights faulted in) does not stand for what one costs."""
+    policy = GoodputPolicy(8)
+    state = DecodeState([1, 2, 3], 3, SamplingParams(), torch.Generator())
+    policy.start(state)
+    assert not policy.budget(state).allows_drafting
+    policy.observe(StepOutcome(0, 0, 1, 0.0, 0.114))  # cold
+    assert not policy.budget(state).allows_drafting
+    policy.observe(StepOutcome(0, 0, 1, 0.0, 0.077))
+    assert policy.budget(state).allows_drafting
+    assert policy.verify.ms(1) == pytest.approx(77.0)

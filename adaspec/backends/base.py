@@ -48,6 +48,12 @@ class Backend(Protocol):
         ...
 
     @property
+    def weight_bytes(self) -> int:
+        """Bytes of weights a forward reads: before a draft model has been timed, its share
+        of the target's is the best guess of what a drafted token costs beside a step."""
+        ...
+
+    @property
     def context_length(self) -> int: ...
 
     @property

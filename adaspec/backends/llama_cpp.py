@@ -180,6 +180,10 @@ class LlamaCppBackend:
         return self._n_vocab
 
     @property
+    def weight_bytes(self) -> int:
+        return int(lc.llama_model_size(self._model.ptr))
+
+    @property
     def context_length(self) -> int:
         return lc.llama_n_ctx(self._ctx)
 

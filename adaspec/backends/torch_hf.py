@@ -62,6 +62,8 @@ class TorchBackend:
         self.tokenizer = tokenizer
         self.label = label
         self.device = next(model.parameters()).device
+        # Counted before any packing: a packed layer's weight is no longer a parameter.
+        self.weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         self._cache = DynamicCache(config=model.config)
 
     @classmethod
@@ -86,10 +88,10 @@ class TorchBackend:
         torch_dtype = _dtype(dtype, device)
         folder = hf_folder(path)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype).to(device)
+        backend = cls(model, HFTokenizer(AutoTokenizer.from_pretrained(folder)), label=str(path))
         if not drafting:
             pack_linears(model)  # fp32 on CPU only: verifying k tokens far cheaper than k steps
-        tokenizer = HFTokenizer(AutoTokenizer.from_pretrained(folder))
-        return cls(model, tokenizer, label=str(path))
+        return backend
 
     @property
     def threads(self) -> int:

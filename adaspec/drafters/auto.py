@@ -50,9 +50,16 @@ class AutoDrafter:
     uses_draft_model: ClassVar[bool] = True  # as an arm, when one is given
 
     def __init__(
-        self, arms: dict[str, Drafter], discount: float = 0.95, exploration: float = 0.3
+        self,
+        arms: dict[str, Drafter],
+        shares: dict[str, float] | None = None,
+        discount: float = 0.95,
+        exploration: float = 0.3,
     ) -> None:
         self.drafters = arms  # cheapest to propose first
+        # Per arm, the guess of what a drafted token costs as a share of a target step
+        # before it is timed (a draft model: its weights over the target's).
+        self.shares = shares or {}
         self.discount = discount
         self.exploration = exploration
         self.arms = {name: _Arm() for name in arms}
@@ -61,9 +68,11 @@ class AutoDrafter:
     @classmethod
     def create(cls, target: Backend, draft: Backend | None) -> AutoDrafter:
         arms: dict[str, Drafter] = {"ngram": NgramDrafter.create(target, draft)}
+        shares = {"ngram": 0.0}
         if draft is not None:
             arms["model"] = ModelDrafter.create(target, draft)
-        return cls(arms)
+            shares["model"] = draft.weight_bytes / max(target.weight_bytes, 1)
+        return cls(arms, shares)
 
     def start(self, state: DecodeState) -> None:
         self.arms = {name: _Arm() for name in self.drafters}
@@ -82,13 +91,18 @@ class AutoDrafter:
     ) -> Draft:
         """Cheapest arm first; a dearer one only if the policy promises more from it than
         the draft in hand is worth (one not timed yet is asked only when nothing better than
-        a plain step is in hand). A draft at least as good as the one in hand replaces it,
-        so the arm that spent the step's drafting time is the one the policy learns from."""
+        a plain step is in hand, and its guessed cost does not rule it out). A draft at
+        least as good as the one in hand replaces it, so the arm that spent the step's
+        drafting time is the one the policy learns from."""
         plain = value(Draft())
         best, in_hand = Draft(), plain
         for name, drafter in self.drafters.items():
             arm = budget.for_drafter(name)
-            promise = plain if arm.promise is None else arm.promise
+            promise = arm.promise
+            if promise is None:
+                promise = plain
+                if budget.promise_at is not None and name in self.shares:
+                    promise = min(plain, budget.promise_at(self.shares[name]))
             if arm.max_tokens == 0 or promise < in_hand:
                 continue
             draft = drafter.propose(state, arm)

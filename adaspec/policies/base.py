@@ -32,10 +32,12 @@ class Budget:
     per_drafter: Mapping[str, Budget] = field(default_factory=dict)
     # What the policy expects, in tokens per millisecond, so that a drafter choosing among
     # drafters (auto) asks only those worth asking: ``promise`` of a step drafting under
-    # this budget (drafting included), ``value`` of verifying a draft already in hand.
-    # None: the policy makes no predictions.
+    # this budget (drafting included), ``value`` of verifying a draft already in hand,
+    # ``promise_at`` of a drafter not timed yet whose drafted token costs this share of a
+    # one-token target forward. None: the policy makes no predictions.
     promise: float | None = None
     value: Callable[[Draft], float] | None = None
+    promise_at: Callable[[float], float] | None = None
 
     def capped(self, limit: int) -> Budget:
         limit = max(0, limit)

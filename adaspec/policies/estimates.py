@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
+from collections import deque
 from collections.abc import Sequence
 
 from adaspec.profile import CostProfile
@@ -27,6 +28,25 @@ class Ewma:
 
     def add(self, x: float) -> None:
         self.value = x if self.value is None else self.value + self.weight * (x - self.value)
+
+
+class RecentMin:
+    """The least of the last ``window`` samples. A forward's time is its cost plus whatever
+    else the machine did meanwhile (the first forwards of a process also fault in weights and
+    allocate buffers), so the least of a few recent timings is the cost; the window lets a
+    lasting change (a longer context, other load) through within that many samples. A mean
+    would keep a cold start's 114 ms for a 77 ms step as long as drafting leaves no one-token
+    step to correct it, and speculation would be measured against a plain step too dear."""
+
+    def __init__(self, window: int = 5) -> None:
+        self.samples: deque[float] = deque(maxlen=window)
+
+    def add(self, x: float) -> None:
+        self.samples.append(x)
+
+    @property
+    def value(self) -> float | None:
+        return min(self.samples) if self.samples else None
 
 
 class DraftCost(Ewma):
@@ -55,21 +75,21 @@ class DraftCost(Ewma):
 class VerifyCost:
     """Milliseconds of one target forward over n positions.
 
-    Sizes already seen use their running average. Others follow the saved CostProfile's
-    shape, scaled by how the nearest seen size compares with its profiled cost (the profile
-    was timed on another day, under other load); without a profile, a line through the
-    observations, with a guessed slope (``guess_slope`` of a one-token forward per extra
-    position) until two sizes have been seen. The guess is optimistic (GPU-like) on purpose:
-    a pessimistic one is never tested, since no draft looks worth a forward believed dear,
-    and speculation would stay off on a machine where it pays; an optimistic one costs at
-    most a draft or two before the first multi-token forward is timed.
+    Sizes already seen use the least of their recent timings (RecentMin). Others follow the
+    saved CostProfile's shape, scaled by how the nearest seen size compares with its profiled
+    cost (the profile was timed on another day, under other load); without a profile, a line
+    through the observations, with a guessed slope (``guess_slope`` of a one-token forward
+    per extra position) until two sizes have been seen. The guess is optimistic (GPU-like)
+    on purpose: a pessimistic one is never tested, since no draft looks worth a forward
+    believed dear, and speculation would stay off on a machine where it pays; an optimistic
+    one costs at most a draft or two before the first multi-token forward is timed.
     """
 
     def __init__(self, profile: CostProfile | None = None, guess_slope: float = 0.1) -> None:
         self.profile = profile
         self.guess_slope = guess_slope
         self.context = 0
-        self.seen: dict[int, Ewma] = {}
+        self.seen: dict[int, RecentMin] = {}
 
     def start(self, context: int) -> None:
         """A new request: its context length; what was seen of the machine is kept."""
@@ -80,7 +100,11 @@ class VerifyCost:
         only row, so it says nothing of a forward's cost) and left this much context."""
         self.context = context
         if n:
-            self.seen.setdefault(n, Ewma()).add(ms)
+            self.seen.setdefault(n, RecentMin()).add(ms)
+
+    def timings(self, n: int) -> int:
+        """How many recent forwards over n positions the estimate rests on."""
+        return len(self.seen[n].samples) if n in self.seen else 0
 
     def explored_limit(self) -> int:
         """The most positions worth verifying before more is known: twice the largest size

@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 FREE_DRAFT = 0.05  # a drafter costing under this share of a one-token forward is "free"
 PROBE = 2  # tokens a drafter not seen yet in this request may draft: learns its cost
 HORIZON = 32  # steps a request is assumed to take before one has ended
+# One-token forwards timed before any drafting: speculation is judged against a plain step,
+# which must be measured, not extrapolated (on a CPU, verifying 2 positions costs much more
+# than 1, so a line through 2 and 3 overprices a plain step), and the first may be cold.
+BASELINE = 2
 
 
 def expected_tokens(acceptance: float, k: int) -> float:
@@ -97,7 +101,10 @@ class GoodputPolicy(PolicyDefaults):
     def budget(self, state: DecodeState) -> Budget:
         self.prescored = state.next_logits is not None
         per = {name: self._plan(name) for name in self.draft_ms}
-        return Budget(PROBE, per_drafter=per, value=self.value)
+        budget = Budget(PROBE, per_drafter=per, value=self.value, promise_at=self.promise_at)
+        if self.verify.timings(1) < BASELINE:
+            return budget.capped(0)  # a plain step: the baseline is timed first
+        return budget
 
     def trim(self, draft: Draft) -> int:
         spent = self._draft_ms(draft.source) * len(draft.tokens)
@@ -129,16 +136,33 @@ class GoodputPolicy(PolicyDefaults):
         self.acceptance.observe(outcome.drafter, outcome.drafted, outcome.accepted)
         self.calibration.observe(outcome.drafter, outcome.confidences, outcome.accepted)
 
+    def promise_at(self, share: float) -> float:
+        """Expected tokens per millisecond from a drafter not timed yet, if a drafted token
+        costs this share of a one-token forward (a draft model's weights over the target's)
+        and is accepted at the prior rate: a draft model that could not pay even so is not
+        worth its set-up (prefilling the context) to find out."""
+        draft_ms, acceptance = share * self.verify.ms(1), self.acceptance.prior
+        return max(
+            expected_tokens(acceptance, k) / (self._step_ms(k + 1) + draft_ms * k)
+            for k in range(1, self._k_limit() + 1)
+        )
+
     def _plan(self, drafter: str) -> Budget:
         """The budget for one drafter, with the rate the policy expects of it."""
-        k_max = min(self.k_max, self.verify.explored_limit() - 1)
         draft_ms, acceptance = self._draft_ms(drafter), self.acceptance.rate(drafter)
-        k = best_length(acceptance, self._step_ms, draft_ms, k_max)
-        spent = self._step_ms(k + 1) + draft_ms * k + self._setup_share(drafter)
-        promise = expected_tokens(acceptance, k) / spent
-        if draft_ms * k_max <= FREE_DRAFT * self.verify.ms(1):
-            k = k_max  # drafting is free: draft all, trim() decides what to verify
+        k, promise = self._rate(draft_ms, acceptance, self._setup_share(drafter))
+        if draft_ms * self._k_limit() <= FREE_DRAFT * self.verify.ms(1):
+            k = self._k_limit()  # drafting is free: draft all, trim() decides what to verify
         return Budget(k, promise=promise)
+
+    def _rate(self, draft_ms: float, acceptance: float, setup_ms: float) -> tuple[int, float]:
+        """The best draft length and its expected tokens per millisecond of the step."""
+        k = best_length(acceptance, self._step_ms, draft_ms, self._k_limit())
+        spent = self._step_ms(k + 1) + draft_ms * k + setup_ms
+        return k, expected_tokens(acceptance, k) / spent
+
+    def _k_limit(self) -> int:
+        return min(self.k_max, self.verify.explored_limit() - 1)
 
     def _setup_share(self, drafter: str) -> float:
         """A step's share of what a drafter not yet used in this request pays first (a draft
