@@ -86,7 +86,8 @@ def load(
     (``auto``, ``model``) gets the default pair's draft when the target is the default
     one and no draft is named; ``draft="none"`` leaves it out. Whether the draft model
     pays is auto's to find out on this machine: on a CPU running torch it does, under
-    llama.cpp (where it costs half a target step) it is dropped after a probe or two.
+    llama.cpp (where it costs half a target step) its guessed cost rules it out and it is
+    not asked.
     ``k`` is the policy's draft-length knob (None: the policy's default).
     """
     drafter_cls = DRAFTERS.get(drafter)

@@ -349,7 +349,9 @@ def train_head(
     if len(chosen) < 4:
         raise AdaspecError("fewer than 4 prompts left after the held-out ones; pass more --data")
     with err.status(f"loading {target} and {draft}"):
-        engine = load(target, "none", "auto", "goodput", backend=backend, threads=threads)
+        engine = load(
+            target, draft="none", drafter="auto", policy="goodput", backend=backend, threads=threads
+        )
         draft_model = load_backend(draft, backend, threads=threads)
     ids = [encode_prompt(engine.target.tokenizer, q.prompt, chat=True) for q in chosen]
     with err.status("running the pair") as status:

@@ -98,18 +98,22 @@ class AutoDrafter:
         best, in_hand = Draft(), plain
         for name, drafter in self.drafters.items():
             arm = budget.for_drafter(name)
-            promise = arm.promise
-            if promise is None:
-                promise = plain
-                if budget.promise_at is not None and name in self.shares:
-                    promise = min(plain, budget.promise_at(self.shares[name]))
-            if arm.max_tokens == 0 or promise < in_hand:
+            if arm.max_tokens == 0 or self._promise(name, arm, budget, plain) < in_hand:
                 continue
             draft = drafter.propose(state, arm)
             worth = value(draft)
             if worth >= in_hand:
                 best, in_hand = draft, worth
         return best
+
+    def _promise(self, name: str, arm: Budget, budget: Budget, plain: float) -> float:
+        """What the policy expects of an arm; one not timed yet counts as a plain step,
+        or less where its guessed cost rules it out."""
+        if arm.promise is not None:
+            return arm.promise
+        if budget.promise_at is None or name not in self.shares:
+            return plain
+        return min(plain, budget.promise_at(self.shares[name]))
 
     def observe(self, outcome: StepOutcome) -> None:
         if self.current is not None:

@@ -40,13 +40,11 @@ class RecentMin:
 
     def __init__(self, window: int = 5) -> None:
         self.samples: deque[float] = deque(maxlen=window)
+        self.value: float | None = None  # kept, not recomputed: read many times a step
 
     def add(self, x: float) -> None:
         self.samples.append(x)
-
-    @property
-    def value(self) -> float | None:
-        return min(self.samples) if self.samples else None
+        self.value = min(self.samples)
 
 
 class DraftCost(Ewma):

@@ -40,11 +40,15 @@ def expected_tokens(acceptance: float, k: int) -> float:
 
 
 def best_length(
-    acceptance: float, verify_ms: Callable[[int], float], draft_ms: float, k_max: int
+    acceptance: float,
+    verify_ms: Callable[[int], float],
+    draft_ms: float,
+    k_max: int,
+    k_min: int = 0,
 ) -> int:
-    """The k in 0..k_max with the most expected tokens per millisecond."""
+    """The k in k_min..k_max with the most expected tokens per millisecond."""
     return max(
-        range(k_max + 1),
+        range(k_min, k_max + 1),
         key=lambda k: expected_tokens(acceptance, k) / (verify_ms(k + 1) + draft_ms * k),
     )
 
@@ -141,23 +145,24 @@ class GoodputPolicy(PolicyDefaults):
         costs this share of a one-token forward (a draft model's weights over the target's)
         and is accepted at the prior rate: a draft model that could not pay even so is not
         worth its set-up (prefilling the context) to find out."""
-        draft_ms, acceptance = share * self.verify.ms(1), self.acceptance.prior
-        return max(
-            expected_tokens(acceptance, k) / (self._step_ms(k + 1) + draft_ms * k)
-            for k in range(1, self._k_limit() + 1)
-        )
+        draft_ms = share * self.verify.ms(1)
+        return self._rate(draft_ms, self.acceptance.prior, 0.0, k_min=1)[1]
 
     def _plan(self, drafter: str) -> Budget:
         """The budget for one drafter, with the rate the policy expects of it."""
         draft_ms, acceptance = self._draft_ms(drafter), self.acceptance.rate(drafter)
         k, promise = self._rate(draft_ms, acceptance, self._setup_share(drafter))
-        if draft_ms * self._k_limit() <= FREE_DRAFT * self.verify.ms(1):
-            k = self._k_limit()  # drafting is free: draft all, trim() decides what to verify
+        k_limit = self._k_limit()
+        if draft_ms * k_limit <= FREE_DRAFT * self.verify.ms(1):
+            k = k_limit  # drafting is free: draft all, trim() decides what to verify
         return Budget(k, promise=promise)
 
-    def _rate(self, draft_ms: float, acceptance: float, setup_ms: float) -> tuple[int, float]:
-        """The best draft length and its expected tokens per millisecond of the step."""
-        k = best_length(acceptance, self._step_ms, draft_ms, self._k_limit())
+    def _rate(
+        self, draft_ms: float, acceptance: float, setup_ms: float, k_min: int = 0
+    ) -> tuple[int, float]:
+        """The best draft length (at least k_min) and its expected tokens per millisecond
+        of the step."""
+        k = best_length(acceptance, self._step_ms, draft_ms, self._k_limit(), k_min)
         spent = self._step_ms(k + 1) + draft_ms * k + setup_ms
         return k, expected_tokens(acceptance, k) / spent
 
