@@ -183,7 +183,7 @@ def test_costs_carry_over_to_the_next_request_and_acceptance_does_not():
     assert sum(first[:5]) > 0  # the first request explores
     second = simulate(policy, COSTS["cpu-linear"], lambda step: 0.9, 30, seed=1)
     assert sum(second) == 0, second
-    assert policy.acceptance.rate("synthetic") == policy.acceptance.prior
+    assert policy.acceptance.rate("synthetic") == policy.acceptance.prior_of("synthetic")
 
 
 def test_what_a_confidence_means_carries_over_to_the_next_request():
@@ -465,7 +465,25 @@ def test_one_unlucky_short_draft_does_not_write_a_drafter_off():
     assert 0.6 < acceptance.rate("model") < 0.75
     for _ in range(60):
         acceptance.idle_except("ngram")
-    assert acceptance.rate("model") == pytest.approx(acceptance.prior, abs=0.01)
+    assert acceptance.rate("model") == pytest.approx(acceptance.prior_of("model"), abs=0.01)
+
+
+def test_a_request_starts_from_how_often_the_drafter_was_right_lately():
+    """A draft model right a third of the time over past requests starts the next one
+    near that rather than at the fixed prior, and a few steps of a text it predicts well
+    still lift it there."""
+    acceptance = Acceptance()
+    assert acceptance.prior_of("model") == acceptance.prior
+    for _ in range(3):
+        acceptance.start()
+        for accepted in (1, 0, 0, 2, 0, 1, 0, 0):
+            acceptance.observe("model", 2, accepted)
+    acceptance.start()
+    assert 0.3 < acceptance.rate("model") < 0.45
+    assert acceptance.prior_of("ngram") == acceptance.prior
+    for _ in range(4):
+        acceptance.observe("model", 4, 4)
+    assert acceptance.rate("model") > 0.85
 
 
 def test_one_catch_up_does_not_price_a_draft_model_out():
@@ -543,3 +561,27 @@ def test_goodput_times_plain_steps_before_it_drafts():
     policy.observe(StepOutcome(0, 0, 1, 0.0, 0.077))
     assert policy.budget(state).allows_drafting
     assert policy.verify.ms(1) == pytest.approx(77.0)
+
+
+def test_a_draft_the_calibration_doubts_stops_before_its_next_token():
+    """SpecDec++'s stop, priced: where a drafted token costs 40% of a step that barely
+    grows with its positions (torch on a CPU) and the text is being accepted, the plan
+    drafts several tokens; one the calibration doubts ends the draft before another forward
+    is paid for, a trusted one does not, and a draft at the plan's length stops there."""
+    policy = GoodputPolicy(8)
+    policy.start(DecodeState([1] * 40, 40, SamplingParams(), torch.Generator()))
+    for _ in range(5):
+        policy.acceptance.observe("model", 4, 4)
+    for n in (1, 1, 2, 3, 4, 5):
+        policy.verify.observe(n, 220.0 + 5.0 * n, 40)
+    policy.draft_ms["model"] = DraftCost()
+    policy.draft_ms["model"].add(88.0)
+    policy.set_up.add("model")
+    budget = policy.budget(DecodeState([1] * 40, 40, SamplingParams(), torch.Generator()))
+    model = budget.for_drafter("model")
+    assert model.max_tokens >= 3
+    assert model.enough([0.05])
+    assert not model.enough([0.99])
+    assert not model.enough([0.99, 0.97])
+    assert model.enough([0.99] * model.max_tokens)
+    assert not budget.for_drafter("ngram").enough([0.05])  # not timed: no stop rule

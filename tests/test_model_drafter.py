@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from adaspec.config import GenerationConfig
+from dataclasses import replace
+
+import torch
+
+from adaspec.config import GenerationConfig, SamplingParams
 from adaspec.drafters.model import ModelDrafter
 from adaspec.engine import Engine
+from adaspec.policies.base import Budget
 from adaspec.policies.fixed import FixedPolicy
+from adaspec.state import DecodeState
 from tests.tiny import ar_tokens, backend, tiny_model
 
 
@@ -45,3 +51,36 @@ def test_a_fully_accepted_draft_costs_one_pass_per_drafted_token():
     drafting = [s for s in result.stats.steps if s.drafted]
     assert len(drafting) == 10 and all(s.accepted == 3 for s in drafting)
     assert draft.passes == 3 * len(drafting)  # two passes more per step before
+
+
+def test_a_budgets_stop_rule_ends_the_draft_before_its_next_pass():
+    """The policy may stop a draft early from the confidences so far: the drafter pays no
+    pass for a token it will not draft, and the output is still the target's."""
+    target = backend(tiny_model(seed=0))
+    draft = CountingBackend(backend(tiny_model(seed=1)))
+    drafter = ModelDrafter(draft, target.vocab_size)
+    prompt = [3, 17, 42, 8]
+    state = DecodeState(list(prompt), len(prompt), SamplingParams(), torch.Generator())
+    drafter.start(state)
+    proposed = drafter.propose(state, Budget(6, stop=lambda confidences: len(confidences) >= 2))
+    assert len(proposed.tokens) == 2 and draft.passes == 2
+    stopping = StopAfter(FixedPolicy(6), 2)
+    result = Engine(target, ModelDrafter(draft, target.vocab_size), stopping).generate(
+        prompt, GenerationConfig(max_new_tokens=30)
+    )
+    assert result.token_ids == ar_tokens(target, prompt, 30)
+    assert max(s.drafted for s in result.stats.steps) == 2
+
+
+class StopAfter:
+    """A policy whose budgets stop drafting after ``n`` tokens by the stop rule alone."""
+
+    def __init__(self, inner, n: int) -> None:
+        self.inner = inner
+        self.n = n
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def budget(self, state):
+        return replace(self.inner.budget(state), stop=lambda c: len(c) >= self.n)

@@ -75,7 +75,7 @@ class ModelDrafter:
             tokens.append(token)
             rows.append(q)
             confidences.append(confidence)
-            if len(tokens) == budget.max_tokens:
+            if budget.enough(confidences):
                 break
             logits = self._feed([token])
         probs = torch.stack(rows) if rows and not state.sampling.greedy else None  # [k, vocab]

@@ -6,7 +6,7 @@ drafter a Budget, the drafter fills at most that much, and both see the step's o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -38,11 +38,21 @@ class Budget:
     promise: float | None = None
     value: Callable[[Draft], float] | None = None
     promise_at: Callable[[float], float] | None = None
+    # Whether to stop drafting before the next token, given the confidences of those drafted
+    # so far: asked by a drafter whose every token costs a forward (a draft model), so that
+    # a draft going wrong stops early. None: draft up to max_tokens.
+    stop: Callable[[Sequence[float]], bool] | None = None
 
     def capped(self, limit: int) -> Budget:
         limit = max(0, limit)
         per = {name: b.capped(limit) for name, b in self.per_drafter.items()}
         return replace(self, max_tokens=min(self.max_tokens, limit), per_drafter=per)
+
+    def enough(self, confidences: Sequence[float]) -> bool:
+        """Whether the tokens drafted so far (these confidences) are all worth drafting."""
+        return len(confidences) >= self.max_tokens or (
+            self.stop is not None and self.stop(confidences)
+        )
 
     def for_drafter(self, name: str) -> Budget:
         return self.per_drafter.get(name, self)

@@ -2,11 +2,11 @@
 likely the target is to accept a drafted token.
 
 Acceptance estimates describe the text, so they start afresh with each request and follow
-it as it changes (a copy phase, free prose); only what a drafter's confidence means (the
-calibration) carries over, as the prior each request starts from. Costs describe the
-machine, so they carry over from request to request, still weighted toward recent steps to
-follow other load and a longer context; a new request does not pay again to learn what a
-forward costs here.
+it as it changes (a copy phase, free prose); what a drafter's confidence means (the
+calibration) and how often it is right on average carry over, as the prior each request
+starts from. Costs describe the machine, so they carry over from request to request, still
+weighted toward recent steps to follow other load and a longer context; a new request does
+not pay again to learn what a forward costs here.
 """
 
 from __future__ import annotations
@@ -145,40 +145,64 @@ class VerifyCost:
 class Acceptance:
     """P(the target accepts a drafted token), per drafter: this request's accepted tokens
     over its tested ones (a token after the first rejection is never tested), from
-    ``pseudo`` tokens at the prior. Counts lose ``memory`` of their weight each step, so the
-    estimate follows the text as it changes, and a drafter left unused drifts back toward
-    the prior and is tried again. Pooling tokens, rather than averaging each step's own
-    estimate, keeps one unlucky short draft (0 of 2 accepted: a step estimate of 0) from
-    writing off a drafter that is right 85% of the time."""
+    ``pseudo`` tokens at the drafter's prior. Counts lose ``memory`` of their weight each
+    step, so the estimate follows the text as it changes, and a drafter left unused drifts
+    back toward its prior and is tried again. Pooling tokens, rather than averaging each
+    step's own estimate, keeps one unlucky short draft (0 of 2 accepted: a step estimate of
+    0) from writing off a drafter that is right 85% of the time.
 
-    def __init__(self, prior: float = 0.7, pseudo: float = 2.0, memory: float = 0.9) -> None:
+    The prior is the drafter's own: its tested tokens over recent requests (``history`` of
+    their weight left after each of its steps), from ``prior_weight`` tokens at ``prior``.
+    How often a pair agrees belongs to the pair as much as to the text, and a fixed guess
+    of 70% made a draft model that is right a third of the time on some prose draft on for
+    several steps of every such request before the request's evidence could say so."""
+
+    def __init__(
+        self,
+        prior: float = 0.7,
+        pseudo: float = 2.0,
+        memory: float = 0.9,
+        history: float = 0.99,
+        prior_weight: float = 10.0,
+    ) -> None:
         self.prior = prior
         self.pseudo = pseudo
         self.memory = memory
-        self.counts: dict[str, list[float]] = {}  # drafter -> [accepted, tested]
+        self.history = history
+        self.prior_weight = prior_weight
+        self.counts: dict[str, list[float]] = {}  # drafter -> [accepted, tested], this request
+        self.pooled: dict[str, list[float]] = {}  # the same over recent requests
 
     def start(self) -> None:
         self.counts.clear()
 
     def observe(self, drafter: str, drafted: int, accepted: int) -> None:
-        counts = self.counts.setdefault(drafter, [0.0, 0.0])
-        self._age(counts)
-        counts[0] += accepted
-        counts[1] += accepted + (1 if accepted < drafted else 0)
+        tested = accepted + (1 if accepted < drafted else 0)
+        for table, memory in ((self.counts, self.memory), (self.pooled, self.history)):
+            counts = table.setdefault(drafter, [0.0, 0.0])
+            _age(counts, memory)
+            counts[0] += accepted
+            counts[1] += tested
 
     def idle_except(self, drafter: str) -> None:
         """A step that did not test the other drafters: their evidence ages."""
         for name, counts in self.counts.items():
             if name != drafter:
-                self._age(counts)
+                _age(counts, self.memory)
 
     def rate(self, drafter: str) -> float:
         accepted, tested = self.counts.get(drafter, (0.0, 0.0))
-        return (accepted + self.pseudo * self.prior) / (tested + self.pseudo)
+        return (accepted + self.pseudo * self.prior_of(drafter)) / (tested + self.pseudo)
 
-    def _age(self, counts: list[float]) -> None:
-        counts[0] *= self.memory
-        counts[1] *= self.memory
+    def prior_of(self, drafter: str) -> float:
+        """What a request starts from: the drafter's acceptance over recent requests."""
+        accepted, tested = self.pooled.get(drafter, (0.0, 0.0))
+        return (accepted + self.prior_weight * self.prior) / (tested + self.prior_weight)
+
+
+def _age(counts: list[float], memory: float) -> None:
+    counts[0] *= memory
+    counts[1] *= memory
 
 
 class Calibration:

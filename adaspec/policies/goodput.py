@@ -12,6 +12,7 @@ speculation happens only when it is nearly certain to be accepted.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING
 
 from adaspec.backends.base import Backend
@@ -154,8 +155,24 @@ class GoodputPolicy(PolicyDefaults):
         k, promise = self._rate(draft_ms, acceptance, self._setup_share(drafter))
         k_limit = self._k_limit()
         if draft_ms * k_limit <= FREE_DRAFT * self.verify.ms(1):
-            k = k_limit  # drafting is free: draft all, trim() decides what to verify
-        return Budget(k, promise=promise)
+            return Budget(k_limit, promise=promise)  # free: draft all, trim() decides
+        return Budget(k, promise=promise, stop=partial(self.stop_drafting, drafter, k))
+
+    def stop_drafting(self, drafter: str, k: int, confidences: Sequence[float]) -> bool:
+        """SpecDec++'s early stop, priced: whether no longer draft of at most k tokens
+        (the further ones accepted at the drafter's rate, each if all before it are) would
+        be verified at a better rate than the tokens in hand. The plan's k assumed average
+        tokens; a draft whose tokens the calibration already doubts stops here, before
+        paying a forward for a token unlikely to be reached."""
+        probs = [self.calibration.probability(drafter, c) for c in confidences]
+        draft_ms, acceptance = self._draft_ms(drafter), self.acceptance.rate(drafter)
+        spent = draft_ms * len(probs)
+        now = _best_prefix_and_rate(probs, self._step_ms, spent)[1]
+        for more in range(1, k - len(probs) + 1):
+            longer = [*probs, *[acceptance] * more]
+            if _best_prefix_and_rate(longer, self._step_ms, spent + draft_ms * more)[1] > now:
+                return False
+        return True
 
     def _rate(
         self, draft_ms: float, acceptance: float, setup_ms: float, k_min: int = 0
