@@ -88,6 +88,9 @@ class VerifyCost:
         self.guess_slope = guess_slope
         self.context = 0
         self.seen: dict[int, RecentMin] = {}
+        # ms() by (n, context) since the last timing: a step's planning reads each size
+        # many times (every drafter's length, every prefix), and a step costs ~1 ms less.
+        self._known: dict[tuple[int, int], float] = {}
 
     def start(self, context: int) -> None:
         """A new request: its context length; what was seen of the machine is kept."""
@@ -99,6 +102,7 @@ class VerifyCost:
         self.context = context
         if n:
             self.seen.setdefault(n, RecentMin()).add(ms)
+            self._known.clear()
 
     def timings(self, n: int) -> int:
         """How many recent forwards over n positions the estimate rests on."""
@@ -113,7 +117,11 @@ class VerifyCost:
         """Capped by every larger size seen: a forward over fewer positions does not cost
         more, and a size timed once long ago (or in a noisy moment) must not make a short
         draft look dearer than a longer one."""
-        return min([self._estimate(n)] + [e.value or 0.0 for m, e in self.seen.items() if m > n])
+        key = (n, self.context)
+        if key not in self._known:
+            larger = [e.value or 0.0 for m, e in self.seen.items() if m > n]
+            self._known[key] = min([self._estimate(n), *larger])
+        return self._known[key]
 
     def _estimate(self, n: int) -> float:
         if n in self.seen:
