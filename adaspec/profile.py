@@ -8,6 +8,7 @@ median milliseconds of ``forward(k)`` after a given context, saved as JSON in th
 from __future__ import annotations
 
 import json
+import platform
 import random
 import statistics
 from bisect import bisect_left
@@ -78,7 +79,7 @@ def measure(
     for context in contexts:
         backend.reset()
         backend.prefill(tokens[:context])
-        times = [_time_forward(backend, tokens[:k], context, repeats) for k in ks]
+        times = [time_forward(backend, tokens[:k], context, repeats) for k in ks]
         table.append([round(statistics.median(t), 2) for t in times])
         spread.append([round(max(t) - min(t), 2) for t in times])
         for k, ms in zip(ks, table[-1], strict=True):
@@ -89,7 +90,9 @@ def measure(
     )
 
 
-def _time_forward(backend: Backend, draft: list[int], context: int, repeats: int) -> list[float]:
+def time_forward(backend: Backend, draft: list[int], context: int, repeats: int) -> list[float]:
+    """Milliseconds of ``repeats`` forwards over ``draft`` after ``context`` tokens (each
+    rolled back), after one untimed warm-up."""
     times = []
     for i in range(repeats + 1):
         started = perf_counter()
@@ -99,3 +102,14 @@ def _time_forward(backend: Backend, draft: list[int], context: int, repeats: int
         if i:  # the first run is the warm-up
             times.append(elapsed)
     return times
+
+
+def cpu_name() -> str:
+    """The processor's model name: costs measured on one CPU say little of another."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"

@@ -37,3 +37,11 @@ def foreign_dir(tmp_path_factory) -> Path:
 def one_thread():
     """Tiny models are all overhead; one thread avoids contention with other work."""
     torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def own_cache(request, tmp_path_factory, monkeypatch):
+    """Unit tests write what a load times or converts (weight layouts, cost profiles) into a
+    cache of their own, never the user's; real-model tests need the pulled pair there."""
+    if request.node.get_closest_marker("integration") is None:
+        monkeypatch.setenv("ADASPEC_CACHE", str(tmp_path_factory.mktemp("cache")))

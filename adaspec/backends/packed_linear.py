@@ -1,42 +1,61 @@
 """fp32 linear layers on CPU laid out for what speculation asks of them: a forward over 1 to
 9 token rows that costs little more than a forward over one.
 
-PyTorch's default CPU matmul (MKL, dense weights) scores k rows at close to k times the cost
-of one beyond 3 rows, which leaves long drafts nothing to win. oneDNN with the weights
-reordered once into its blocked layout reads each weight once per forward for the whole
-batch, but costs more than MKL on a fresh dense copy for 1 to 3 rows. So each layer keeps
-both layouts and uses the dense one for 1 to 3 rows and long prefills: twice the weight
-memory (12.4 GB of anonymous memory for the 1.5B target in fp32, against 6.2 GB packed only).
-Measured, two threads, whole default 1.5B target, forward over k rows after 128 tokens:
+PyTorch's default CPU matmul (MKL, dense weights) can score k rows at close to k times the
+cost of one, which leaves drafts nothing to win. oneDNN with the weights reordered once into
+its blocked layout reads each weight once per forward for the whole batch. Which of the two
+is faster for one to three rows, and for long prefills, depends on the CPU (measured, two
+threads, whole default 1.5B target, forward over k rows after 128 tokens, ms):
 
-| layout (Intel Xeon, Sapphire Rapids) | k = 1 | 2 | 3 | 4 | 8 |
-|---|---|---|---|---|---|
-| packed only | 238 ms | 286 | 295 | 302 | 337 |
-| dense, as transformers loads it | 295 | 305 | 315 | | |
-| dense, a fresh copy | 209 | 230 | 233 | | |
-| dense for 1-3 rows, packed above, as here | 211 | 229 | 237 | 305 | 342 |
+| CPU, layout | k = 1 | 2 | 3 | 4 | 8 | 700-row prefill |
+|---|---|---|---|---|---|---|
+| Intel Xeon (Sapphire Rapids), packed | 238 | 286 | 295 | 302 | 337 | 6.4 s (671 rows) |
+| Intel Xeon, dense (a fresh copy) | 209 | 230 | 233 | 465 | 639 | 4.9 s (671 rows) |
+| AMD EPYC, packed | 311 | 383 | 340 | 354 | 438 | 9.6 s |
+| AMD EPYC, dense (a fresh copy) | 494 | 914 | 1859 | 1074 | 864 | 12.1 s |
 
-On an AMD EPYC, one 8960x1536 layer timed alone (k = 1, 2, 4, 8), packed took 2.9, 8.5, 6.5,
-8.0 ms and dense 4.4 (matrix-vector), 3.8, 3.5, 6.1 ms, so one row may be faster packed there;
-on the Xeon the same single-layer test called one row a tie while the whole model ran it 13%
-faster dense, so only a whole-model timing on the EPYC can settle it. The arithmetic is the
-same fp32 dot products in another order: rows of a batched forward agree with one-token
-forwards to about 1e-4 in the logits, as with MKL alone.
+So a ``Layout`` says which row counts each layer serves from which copy, and only the copies
+it uses are kept (both: twice the weight memory, 12.4 GB for the 1.5B target in fp32).
+``adaspec.backends.layout_timing`` chooses it per machine. The arithmetic is the same fp32
+dot products in another order: rows of a batched forward agree with one-token forwards to
+about 1e-4 in the logits, as with MKL alone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-# Rows served from the dense weight: a one-token step and verifying a one- or two-token
-# draft. From 4 rows on packed wins (the measurements above).
-DENSE_ROWS = frozenset({1, 2, 3})
-# And long prefills, where MKL's large-matrix kernel overtakes oneDNN's: on the Xeon, a forward
-# over 160, 256, 384, 671 rows took 1.47, 2.12, 3.24, 6.4 s packed; 1.47, 2.27, 3.08, 4.9 dense.
-DENSE_FROM_ROWS = 320
+# From this many rows on a forward is a prefill, whose best layout is timed on its own.
+PREFILL_ROWS = 320
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which weight copy serves a forward over how many rows: dense (MKL) for the counts in
+    ``dense_rows`` and for every count from ``dense_from`` on (None: never), else packed."""
+
+    dense_rows: frozenset[int] = frozenset()
+    dense_from: int | None = None
+
+    def dense_for(self, rows: int) -> bool:
+        return rows in self.dense_rows or (self.dense_from is not None and rows >= self.dense_from)
+
+    @property
+    def uses_dense(self) -> bool:
+        return bool(self.dense_rows) or self.dense_from is not None
+
+    @property
+    def uses_packed(self) -> bool:
+        return self.dense_from != 1
+
+
+PACKED = Layout()
+DENSE = Layout(dense_from=1)
+# Where nothing was timed: what the Intel Xeon above favours (it keeps both copies).
+XEON = Layout(frozenset({1, 2, 3}), PREFILL_ROWS)
 
 
 def packing_available() -> bool:
@@ -46,45 +65,64 @@ def packing_available() -> bool:
 
 
 class PackedLinear(nn.Module):
-    """``nn.Linear`` with its weight in oneDNN's layout, and optionally also dense for the
-    row counts where the machine's BLAS is faster; dense tensors in and out."""
+    """``nn.Linear`` with its weight in oneDNN's layout, dense, or both, as the layout uses
+    them; dense tensors in and out."""
 
-    def __init__(self, linear: nn.Linear, dense_rows: Collection[int] = DENSE_ROWS) -> None:
+    def __init__(self, linear: nn.Linear, layout: Layout = XEON) -> None:
         super().__init__()
         self.in_features = linear.in_features
         self.out_features = linear.out_features
-        self.packed = linear.weight.detach().to_mkldnn()  # [out, in], oneDNN layout
         self.bias = None if linear.bias is None else linear.bias.detach().clone()  # [out]
-        self.dense_rows = frozenset(dense_rows)
+        weight = linear.weight.detach()  # [out, in]
+        self.packed = weight.to_mkldnn() if layout.uses_packed else None  # oneDNN layout
         # A fresh copy: transformers maps weights from the safetensors file at offsets that
         # are not even 64-byte aligned, and they read 30% slower than a new allocation.
-        self.dense = linear.weight.detach().clone() if self.dense_rows else None  # [out, in]
+        self.dense = weight.clone() if layout.uses_dense else None
+        self.layout = layout
+
+    def use(self, layout: Layout, free: bool = True) -> None:
+        """Serve by this layout from now on and, if ``free``, drop a copy it does not use
+        (timing the layouts keeps both)."""
+        if (layout.uses_dense and self.dense is None) or (
+            layout.uses_packed and self.packed is None
+        ):
+            raise ValueError("this layer no longer holds a copy that layout uses")
+        self.layout = layout
+        if free and not layout.uses_dense:
+            self.dense = None
+        if free and not layout.uses_packed:
+            self.packed = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., in] -> [..., out]
         flat = x.reshape(-1, self.in_features)
-        rows = flat.shape[0]
-        if rows in self.dense_rows or (self.dense is not None and rows >= DENSE_FROM_ROWS):
+        if self.layout.dense_for(flat.shape[0]):
             y = nn.functional.linear(flat, self.dense, self.bias)
         else:
             y = torch.ops.mkldnn._linear_pointwise(flat, self.packed, self.bias, "none", [], "")
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
-def pack_linears(model: nn.Module, dense_rows: Collection[int] = DENSE_ROWS) -> int:
-    """Replace every fp32 CPU ``nn.Linear`` in ``model`` by a PackedLinear; returns how many.
+def pack_linears(model: nn.Module, layout: Layout = XEON) -> list[PackedLinear]:
+    """Replace every fp32 CPU ``nn.Linear`` in ``model`` by a PackedLinear; returns them.
 
-    A tied output layer gets its own packed and dense copies (the embedding keeps the
-    original), so it costs twice vocab x hidden floats and leaves the embedding lookup as it is.
+    A tied output layer gets its own copies (the embedding keeps the original), so it costs
+    vocab x hidden floats more per copy and leaves the embedding lookup as it is.
     """
     if not packing_available():
-        return 0
-    packed = 0
+        return []
+    packed = []
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if _packable(child):
-                setattr(parent, name, PackedLinear(child, dense_rows))
-                packed += 1
+                layer = PackedLinear(child, layout)
+                setattr(parent, name, layer)
+                packed.append(layer)
     return packed
+
+
+def use_layout(layers: list[PackedLinear], layout: Layout, free: bool = True) -> None:
+    for layer in layers:
+        layer.use(layout, free)
 
 
 def _packable(module: nn.Module) -> bool:

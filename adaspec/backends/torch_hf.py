@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreT
 from transformers.utils import logging as hf_logging
 
 from adaspec.backends.base import BACKENDS
-from adaspec.backends.packed_linear import pack_linears
+from adaspec.backends.layout_timing import place_weights
 from adaspec.errors import ModelError
 from adaspec.models import cache_dir, check_gguf_file
 
@@ -76,9 +76,11 @@ class TorchBackend:
         drafting: bool = False,
     ) -> TorchBackend:
         """A backend for a model folder or a ``.gguf`` file (converted once, then cached).
-        A model loaded for ``drafting`` runs one row at a time (and its prompt once), where
-        the dense layout is the fast one, so it is not packed: that would double its memory
-        for nothing (the default pair in one process then fits in 24 GB beside the peers)."""
+        On a CPU in fp32 its linear layers take the weight layout this machine runs fastest
+        (timed once, see layout_timing). A model loaded for ``drafting`` runs one row at a
+        time (and its prompt once), so it keeps one copy of each weight, the faster for one
+        row: two would double its memory for nothing (the default pair in one process then
+        fits in 24 GB beside the peers)."""
         if threads:
             torch.set_num_threads(threads)  # process-wide: torch has no per-model threads
         hf_logging.disable_progress_bar()  # the CLI shows its own status; keep stderr clean
@@ -89,8 +91,7 @@ class TorchBackend:
         folder = hf_folder(path)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype).to(device)
         backend = cls(model, HFTokenizer(AutoTokenizer.from_pretrained(folder)), label=str(path))
-        if not drafting:
-            pack_linears(model)  # fp32 on CPU only: verifying k tokens far cheaper than k steps
+        place_weights(backend, drafting)  # fp32 on CPU only: verifying k rows costs ~one
         return backend
 
     @property

@@ -16,6 +16,7 @@ from adaspec.bench.questions import load_questions, select
 from adaspec.bench.runner import Tick, measure
 from adaspec.errors import ConfigError
 from adaspec.models import DEFAULT_DRAFT, DEFAULT_TARGET, NAMED_MODELS, resolve_model
+from adaspec.profile import cpu_name
 
 BASELINE = "none"
 # The adaptive default (with the draft model as one of auto's arms) and one classic
@@ -109,7 +110,7 @@ def _meta(options: BenchOptions, target, n_questions: int, notes: list[str]) -> 
     return {
         "machine": {
             "platform": platform.platform(),
-            "processor": _cpu(),
+            "processor": cpu_name(),
             "python": platform.python_version(),
         },
         "backend": target.name,
@@ -150,16 +151,6 @@ def _device(target) -> str:
 
     dtype = str(target.model.dtype).removeprefix("torch.")
     return f"{torch.cuda.get_device_name(device)} ({device}, {dtype})"
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _version(package: str) -> str | None:
