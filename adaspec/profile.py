@@ -33,6 +33,7 @@ class CostProfile:
     contexts: list[int]
     ms: list[list[float]]  # [len(contexts), len(ks)]: median ms of forward(k) after context
     spread_ms: list[list[float]]  # same shape: max - min over the repeats
+    cpu: str = ""  # the processor it was timed on ("": a file older than this field)
 
     def cost_ms(self, k: int, context: int) -> float:
         """Forward cost for k tokens: the nearest measured context, linear in k between
@@ -57,8 +58,31 @@ class CostProfile:
 
 
 def profile_path(model: str, backend: str, threads: int) -> Path:
-    stem = Path(model).name.removesuffix(".gguf")
-    return cache_dir() / "profiles" / f"{stem}-{backend}-t{threads}.json"
+    return cache_dir() / "profiles" / f"{model_stem(model)}-{backend}-t{threads}.json"
+
+
+def model_stem(model: str) -> str:
+    """A model file's name in the cache files timed for it."""
+    return Path(model).name.removesuffix(".gguf")
+
+
+def plain_tokens(vocab_size: int, n: int) -> list[int]:
+    """n fixed pseudo-random ids from the plain-word range of a vocabulary: timing input
+    that is the same on every run."""
+    rng = random.Random(0)
+    low, high = min(1000, vocab_size // 2), min(vocab_size, 30000)
+    return [rng.randrange(low, high) for _ in range(n)]
+
+
+def saved_profile(backend: Backend) -> CostProfile | None:
+    """The profile saved for this backend's model and threads, unless it was timed on
+    another processor: a cache directory shared between machines (a network home, a copied
+    image) must not make one machine plan with another's costs."""
+    path = profile_path(backend.label, backend.name, backend.threads)
+    if not path.exists():
+        return None
+    profile = CostProfile.load(path)
+    return profile if profile.cpu in ("", cpu_name()) else None
 
 
 def measure(
@@ -69,9 +93,7 @@ def measure(
     on_point: Callable[[int, int, float], None] | None = None,
 ) -> CostProfile:
     """Time ``forward(k)`` after each context: one warm-up, then the median of repeats."""
-    rng = random.Random(0)
-    low, high = min(1000, backend.vocab_size // 2), min(backend.vocab_size, 30000)  # plain words
-    tokens = [rng.randrange(low, high) for _ in range(max(contexts))]
+    tokens = plain_tokens(backend.vocab_size, max(contexts))
     table, spread = [], []
     backend.reset()  # warm-up of the whole model (page cache, allocators) before any timing
     backend.prefill(tokens[: min(contexts)])
@@ -86,7 +108,14 @@ def measure(
             if on_point:
                 on_point(context, k, ms)
     return CostProfile(
-        backend.label, backend.name, backend.threads, list(ks), list(contexts), table, spread
+        backend.label,
+        backend.name,
+        backend.threads,
+        list(ks),
+        list(contexts),
+        table,
+        spread,
+        cpu_name(),
     )
 
 

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 
-from adaspec.profile import CostProfile, measure
+from adaspec.profile import CostProfile, cpu_name, measure, saved_profile
 from tests.tiny import backend, tiny_model
 
 PROFILE = CostProfile(
@@ -45,3 +47,16 @@ def test_measure_on_a_tiny_model():
     assert len(profile.ms) == 2 and all(len(row) == 2 for row in profile.ms)
     assert all(ms > 0 for row in profile.ms for ms in row)
     assert model.length == 16  # every timed draft was rolled back
+    assert profile.cpu == cpu_name()
+
+
+@pytest.mark.parametrize(("cpu", "used"), [("", True), ("this", True), ("Other CPU 9000", False)])
+def test_a_saved_profile_is_used_only_on_the_cpu_it_was_timed_on(cpu, used):
+    saved = replace(PROFILE, cpu=cpu_name() if cpu == "this" else cpu)
+    saved.save()
+    target = SimpleNamespace(label=PROFILE.model, name=PROFILE.backend, threads=PROFILE.threads)
+    assert saved_profile(target) == (saved if used else None)
+
+
+def test_no_saved_profile():
+    assert saved_profile(SimpleNamespace(label="none.gguf", name="torch", threads=1)) is None

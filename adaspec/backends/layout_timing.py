@@ -13,7 +13,6 @@ prefill of PREFILL_ROWS rows. It takes about 20 s for the 1.5B target on two cor
 from __future__ import annotations
 
 import json
-import random
 from collections.abc import Mapping
 from pathlib import Path
 from time import perf_counter
@@ -30,7 +29,7 @@ from adaspec.backends.packed_linear import (
     use_layout,
 )
 from adaspec.models import cache_dir
-from adaspec.profile import cpu_name, time_forward
+from adaspec.profile import cpu_name, model_stem, plain_tokens, time_forward
 
 TIMED_ROWS = (1, 2, 3)  # a plain step and short verifies: where the CPUs differ
 CONTEXT = 64  # tokens before the timed forwards
@@ -51,9 +50,7 @@ def choose_layout(ms: Mapping[str, float], drafting: bool) -> Layout:
 
 def time_layouts(backend: Backend, layers: list[PackedLinear]) -> dict[str, float]:
     """Milliseconds of each timed forward in each layout (the layers hold both copies)."""
-    rng = random.Random(0)
-    low, high = min(1000, backend.vocab_size // 2), min(backend.vocab_size, 30000)
-    tokens = [rng.randrange(low, high) for _ in range(PREFILL_ROWS)]
+    tokens = plain_tokens(backend.vocab_size, PREFILL_ROWS)
     ms: dict[str, float] = {}
     for name, layout in (("dense", DENSE), ("packed", PACKED)):
         use_layout(layers, layout, free=False)
@@ -90,8 +87,7 @@ def place_weights(backend: Backend, drafting: bool) -> Layout | None:
 
 
 def layout_path(model: str, threads: int) -> Path:
-    stem = Path(model).name.removesuffix(".gguf")
-    return cache_dir() / "layouts" / f"{stem}-torch-t{threads}.json"
+    return cache_dir() / "layouts" / f"{model_stem(model)}-torch-t{threads}.json"
 
 
 def _load(path: Path) -> dict[str, float] | None:

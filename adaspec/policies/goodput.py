@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from adaspec.backends.base import Backend
 from adaspec.policies.base import POLICIES, Budget, PolicyDefaults, check_k
 from adaspec.policies.estimates import Acceptance, Calibration, DraftCost, Ewma, VerifyCost
-from adaspec.profile import CostProfile, profile_path
+from adaspec.profile import CostProfile, saved_profile
 from adaspec.state import DecodeState
 from adaspec.stats import StepOutcome
 
@@ -90,8 +90,7 @@ class GoodputPolicy(PolicyDefaults):
     @classmethod
     def create(cls, k: int | None, target: Backend) -> GoodputPolicy:
         """With the target's saved cost profile (``adaspec profile``) where there is one."""
-        path = profile_path(target.label, target.name, target.threads)
-        profile = CostProfile.load(path) if path.exists() else None
+        profile = saved_profile(target)
         return cls(profile=profile) if k is None else cls(k, profile)
 
     def start(self, state: DecodeState) -> None:
