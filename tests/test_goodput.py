@@ -585,3 +585,33 @@ def test_a_draft_the_calibration_doubts_stops_before_its_next_token():
     assert not model.enough([0.99, 0.97])
     assert model.enough([0.99] * model.max_tokens)
     assert not budget.for_drafter("ngram").enough([0.05])  # not timed: no stop rule
+
+
+def test_a_paid_draft_left_unverified_counts_against_its_drafter():
+    """A draft model whose first token is too doubtful to verify has spent a forward for
+    nothing: to the plan that is a rejection, so repeated wasted drafts make the arm look
+    less promising. An n-gram lookup costs nothing, so what trim() leaves out of its full
+    draft says nothing of it."""
+    policy = GoodputPolicy(8)
+    state = DecodeState([1] * 40, 40, SamplingParams(), torch.Generator())
+    policy.start(state)
+    for n in (1, 1, 2, 3):
+        policy.verify.observe(n, 300.0 + 50.0 * (n > 1), 40)
+    policy.draft_ms["model"] = DraftCost()
+    policy.draft_ms["model"].add(130.0)
+    policy.set_up.update({"model", "ngram"})
+    before = policy.acceptance.rate("model")
+    for _ in range(3):
+        policy.observe(StepOutcome(0, 0, 1, 0.13, 0.3, drafter="model", proposed=1))
+        policy.observe(StepOutcome(0, 0, 1, 0.0, 0.3, drafter="ngram", proposed=8))
+    assert policy.acceptance.rate("model") < before - 0.2
+    assert policy.acceptance.rate("ngram") == pytest.approx(policy.acceptance.prior)
+
+
+def test_a_trimmed_draft_counts_one_rejection_after_the_kept_tokens():
+    acceptance = Acceptance(pseudo=1e-9)
+    acceptance.observe("model", 3, 3, trimmed=True)  # 3 of 4 drafted verified, all kept
+    assert acceptance.rate("model") == pytest.approx(0.75)
+    acceptance.start()
+    acceptance.observe("model", 3, 1, trimmed=True)  # the rejection is counted once
+    assert acceptance.rate("model") == pytest.approx(0.5)

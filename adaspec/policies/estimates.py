@@ -184,8 +184,13 @@ class Acceptance:
     def start(self) -> None:
         self.counts.clear()
 
-    def observe(self, drafter: str, drafted: int, accepted: int) -> None:
-        tested = accepted + (1 if accepted < drafted else 0)
+    def observe(self, drafter: str, drafted: int, accepted: int, trimmed: bool = False) -> None:
+        """``trimmed``: tokens were drafted past those verified, and are counted as a
+        rejection after the accepted ones. For a drafter that pays per token this is what
+        such a step yields (the target's own token after the kept ones) for what its
+        drafting cost: a draft model whose first token is too doubtful to verify wastes a
+        forward, and must look less promising for it, not unchanged."""
+        tested = accepted + (1 if accepted < drafted or trimmed else 0)
         for table, memory in ((self.counts, self.memory), (self.pooled, self.history)):
             counts = table.setdefault(drafter, [0.0, 0.0])
             _age(counts, memory)

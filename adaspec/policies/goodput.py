@@ -137,7 +137,8 @@ class GoodputPolicy(PolicyDefaults):
             per_context = max(0.0, excess) / max(before, 1)
             self.setup_ms.setdefault(outcome.drafter, Ewma()).add(per_context)
         self.set_up.add(outcome.drafter)  # its first step paid set-up, not drafting
-        self.acceptance.observe(outcome.drafter, outcome.drafted, outcome.accepted)
+        trimmed = outcome.proposed > outcome.drafted and not self._free(outcome.drafter)
+        self.acceptance.observe(outcome.drafter, outcome.drafted, outcome.accepted, trimmed)
         self.calibration.observe(outcome.drafter, outcome.confidences, outcome.accepted)
 
     def promise_at(self, share: float) -> float:
@@ -152,9 +153,8 @@ class GoodputPolicy(PolicyDefaults):
         """The budget for one drafter, with the rate the policy expects of it."""
         draft_ms, acceptance = self._draft_ms(drafter), self.acceptance.rate(drafter)
         k, promise = self._rate(draft_ms, acceptance, self._setup_share(drafter))
-        k_limit = self._k_limit()
-        if draft_ms * k_limit <= FREE_DRAFT * self.verify.ms(1):
-            return Budget(k_limit, promise=promise)  # free: draft all, trim() decides
+        if self._free(drafter):
+            return Budget(self._k_limit(), promise=promise)  # draft all, trim() decides
         return Budget(k, promise=promise, stop=partial(self.stop_drafting, drafter, k))
 
     def stop_drafting(self, drafter: str, k: int, confidences: Sequence[float]) -> bool:
@@ -181,6 +181,11 @@ class GoodputPolicy(PolicyDefaults):
         k = best_length(acceptance, self._step_ms, draft_ms, self._k_limit(), k_min)
         spent = self._step_ms(k + 1) + draft_ms * k + setup_ms
         return k, expected_tokens(acceptance, k) / spent
+
+    def _free(self, drafter: str) -> bool:
+        """Whether a full draft costs this drafter next to nothing (an n-gram lookup): it
+        drafts all it may, and what trim() leaves out of it cost nothing."""
+        return self._draft_ms(drafter) * self._k_limit() <= FREE_DRAFT * self.verify.ms(1)
 
     def _k_limit(self) -> int:
         return min(self.k_max, self.verify.explored_limit() - 1)
