@@ -63,7 +63,13 @@ class Generation:
 
     def _run(self) -> Iterator[list[int]]:
         engine, config = self.engine, self.config
-        state = DecodeState(list(self.prompt), len(self.prompt), config.sampling, _rng(config.seed))
+        state = DecodeState(
+            list(self.prompt),
+            len(self.prompt),
+            config.sampling,
+            _rng(config.seed),
+            max_new_tokens=config.max_new_tokens,
+        )
         started = engine.clock()
         engine.start(state)
         self.stats.prefill_s = engine.clock() - started

@@ -24,6 +24,13 @@ class DecodeState:
     sampling: SamplingParams
     generator: torch.Generator  # the one RNG of the request: draft sampling and verification
     next_logits: torch.Tensor | None = None  # [vocab] the prefill's row, until the first step
+    max_new_tokens: int | None = (
+        None  # the request's limit: what a drafter's set-up can pay off over
+    )
+
+    @property
+    def tokens_left(self) -> int | None:
+        return None if self.max_new_tokens is None else self.max_new_tokens - self.generated
 
     @property
     def generated(self) -> int:

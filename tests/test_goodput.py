@@ -14,7 +14,7 @@ from adaspec.drafters.base import Draft
 from adaspec.drafters.ngram import match_confidence
 from adaspec.engine import Engine
 from adaspec.policies.base import Budget
-from adaspec.policies.estimates import Acceptance, Calibration, DraftCost, VerifyCost
+from adaspec.policies.estimates import Acceptance, Calibration, DraftCost, Ewma, VerifyCost
 from adaspec.policies.goodput import GoodputPolicy, best_length, best_prefix, expected_tokens
 from adaspec.profile import CostProfile
 from adaspec.state import DecodeState
@@ -530,6 +530,35 @@ def test_a_long_context_prices_the_draft_models_first_step_in_a_request():
     assert long < short
     policy.observe(StepOutcome(2, 2, 3, 0.040, 0.07, drafter="model", proposed=2))
     assert policy.budget(state).for_drafter("model").promise > short
+
+
+def test_a_draft_models_set_up_is_spread_over_the_tokens_left_not_the_steps():
+    """A set-up the answer cannot repay is not bought: 600 ms of prefilling a 300-token
+    context with 30 tokens left, for a draft that saves 11 of a token's 55 ms. Spread over
+    the 30 steps plain decoding would take, it looked cheap enough; but a drafting model
+    takes fewer steps, and what it saves, and must repay the set-up with, is per token.
+    With 300 tokens left the same set-up pays, and the model is bought."""
+    cost = COSTS["cpu-measured"]
+    policy = GoodputPolicy(8)
+    for n in (1, 2, 3, 4):
+        policy.verify.observe(n, cost(n), 300)
+    policy.draft_ms["model"] = DraftCost()
+    policy.draft_ms["model"].add(10.0)
+    policy.setup_ms["model"] = Ewma()
+    policy.setup_ms["model"].add(2.0)  # ms per token of context
+    policy.acceptance.prior = 0.8
+
+    def promise(limit: int) -> float:
+        state = DecodeState([1] * 300, 300, SamplingParams(), torch.Generator())
+        state.max_new_tokens = limit
+        policy.start(state)
+        policy.verify.context = 300
+        return policy.budget(state).for_drafter("model").promise
+
+    plain = 1.0 / cost(1)
+    assert policy._rate(10.0, 0.8, 0.0)[1] > 1.2 * plain  # without its set-up it would pay
+    assert promise(30) < plain
+    assert promise(300) > plain
 
 
 def _profile_of(cost) -> CostProfile:

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 FREE_DRAFT = 0.05  # a drafter costing under this share of a one-token forward is "free"
 PROBE = 2  # tokens a drafter not seen yet in this request may draft: learns its cost
-HORIZON = 32  # steps a request is assumed to take before one has ended
+HORIZON = 32  # tokens a request is assumed to generate where no limit nor earlier one says
 # One-token forwards timed before any drafting: speculation is judged against a plain step,
 # which must be measured, not extrapolated (on a CPU, verifying 2 positions costs much more
 # than 1, so a line through 2 and 3 overprices a plain step), and the first may be cold.
@@ -83,8 +83,9 @@ class GoodputPolicy(PolicyDefaults):
         self.draft_ms: dict[str, DraftCost] = {}  # per drafter: ms per proposed token
         self.set_up: set[str] = set()  # drafters that have drafted in this request
         self.setup_ms: dict[str, Ewma] = {}  # per drafter: set-up ms per token of context
-        self.steps = 0  # steps of this request so far
-        self.request_steps = Ewma()  # steps a request has taken
+        self.generated = 0  # tokens of this request so far
+        self.tokens_left: int | None = None  # until this request's limit
+        self.request_tokens = Ewma()  # tokens a request has generated
         self.prescored = False  # the step under way has its first row from the prefill
 
     @classmethod
@@ -98,12 +99,13 @@ class GoodputPolicy(PolicyDefaults):
         self.acceptance.start()
         self.calibration.start()
         self.set_up = set()
-        if self.steps:
-            self.request_steps.add(self.steps)
-        self.steps = 0
+        if self.generated:
+            self.request_tokens.add(self.generated)
+        self.generated, self.tokens_left = 0, state.tokens_left
 
     def budget(self, state: DecodeState) -> Budget:
         self.prescored = state.next_logits is not None
+        self.generated, self.tokens_left = state.generated, state.tokens_left
         per = {name: self._plan(name) for name in self.draft_ms}
         budget = Budget(PROBE, per_drafter=per, value=self.value, promise_at=self.promise_at)
         if self.verify.timings(1) < BASELINE:
@@ -120,7 +122,6 @@ class GoodputPolicy(PolicyDefaults):
         return _best_prefix_and_rate(self._probabilities(draft), self._step_ms, 0.0)[1]
 
     def observe(self, outcome: StepOutcome) -> None:
-        self.steps += 1
         before, context = self.verify.context, self.verify.context + outcome.emitted
         self.verify.observe(outcome.positions, outcome.verify_s * 1000, context)
         self.acceptance.idle_except(outcome.drafter)
@@ -176,11 +177,13 @@ class GoodputPolicy(PolicyDefaults):
     def _rate(
         self, draft_ms: float, acceptance: float, setup_ms: float, k_min: int = 0
     ) -> tuple[int, float]:
-        """The best draft length (at least k_min) and its expected tokens per millisecond
-        of the step."""
+        """The best draft length (at least k_min) and its expected tokens per millisecond,
+        a set-up still to pay charged per token (``setup_ms``, which does not change the
+        best length)."""
         k = best_length(acceptance, self._step_ms, draft_ms, self._k_limit(), k_min)
-        spent = self._step_ms(k + 1) + draft_ms * k + setup_ms
-        return k, expected_tokens(acceptance, k) / spent
+        tokens = expected_tokens(acceptance, k)
+        per_token = (self._step_ms(k + 1) + draft_ms * k) / tokens + setup_ms
+        return k, 1.0 / per_token
 
     def _free(self, drafter: str) -> bool:
         """Whether a full draft costs this drafter next to nothing (an n-gram lookup): it
@@ -191,15 +194,28 @@ class GoodputPolicy(PolicyDefaults):
         return min(self.k_max, self.verify.explored_limit() - 1)
 
     def _setup_share(self, drafter: str) -> float:
-        """A step's share of what a drafter not yet used in this request pays first (a draft
-        model prefills the whole context): spread over the steps a request has had left at
-        this point on average, so a long prompt with a short answer left does not buy the
-        model, and a short prompt barely notices it."""
+        """Each token's share of what a drafter not yet used in this request pays first (a
+        draft model prefills the whole context), spread over the tokens the request has left:
+        its limit's, or fewer where requests have ended sooner. Spread over tokens, not
+        steps: the steps left shrink as soon as the drafter drafts, so a share per step left
+        undercharged it, and a long prompt with a short answer left bought a model whose
+        set-up (3.9 s for a RAG prompt on a CPU) the answer could not repay."""
         rate = self.setup_ms.get(drafter)
         if drafter in self.set_up or rate is None or rate.value is None:
             return 0.0
-        expected_steps = self.request_steps.value or float(HORIZON)
-        return rate.value * self.verify.context / max(1.0, expected_steps - self.steps)
+        return rate.value * self.verify.context / self._expected_tokens_left()
+
+    def _expected_tokens_left(self) -> float:
+        """Up to the request's limit, or as many as earlier requests generated where
+        they ended sooner."""
+        typical = self.request_tokens.value
+        if typical is None:
+            left = self.tokens_left if self.tokens_left is not None else HORIZON - self.generated
+        else:
+            left = typical - self.generated
+            if self.tokens_left is not None:
+                left = min(left, self.tokens_left)
+        return max(1.0, float(left))
 
     def _probabilities(self, draft: Draft) -> list[float]:
         """Each drafted token's chance of acceptance, as far as verifying may reach."""
