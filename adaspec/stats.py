@@ -22,6 +22,7 @@ class StepOutcome:
     proposed: int = 0  # tokens the drafter produced; the policy verified ``drafted`` of them
     confidences: tuple[float, ...] = ()  # the drafter's estimates for the verified tokens
     prescored: bool = False  # the prefill had scored the first position: it ran ``drafted``
+    target_top: float | None = None  # the target's top probability where its own token came
 
     @property
     def positions(self) -> int:

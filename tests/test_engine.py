@@ -58,6 +58,19 @@ def test_self_draft_is_fully_accepted(target):
     assert stats["mean_accepted"] == 5.0  # 4 drafted + 1 bonus per target pass
 
 
+def test_each_step_records_how_sure_the_target_was_of_its_own_token(target):
+    """The target's softmax maximum at the row its own token came from: with a self-draft
+    of 4 fully accepted, the row after the prompt and those 4 tokens."""
+    engine = Engine(target, DRAFTERS["model-self"](target), FixedPolicy(4))
+    result = engine.generate(PROMPTS[1], GenerationConfig(max_new_tokens=11))
+    first = result.stats.steps[0]
+    assert first.accepted == 4
+    target.reset()
+    rows = target.forward([*PROMPTS[1], *result.token_ids[:4]])
+    assert first.target_top == pytest.approx(float(torch.softmax(rows[-1], -1).max()), rel=1e-4)
+    assert all(0.0 < s.target_top <= 1.0 for s in result.stats.steps)
+
+
 def test_autoregressive_mean_accepted_is_one(target):
     engine = Engine(target, NoDrafter(), FixedPolicy(4))
     stats = engine.generate(PROMPTS[0], GenerationConfig(max_new_tokens=12)).stats.summary()

@@ -486,6 +486,31 @@ def test_a_request_starts_from_how_often_the_drafter_was_right_lately():
     assert acceptance.rate("model") > 0.85
 
 
+def test_a_request_starts_from_how_sure_the_target_is_of_its_text():
+    """A draft agrees with the target about as often as the target is sure of its token:
+    after requests where the model's acceptance followed the target's top probability,
+    a request whose plain steps are unsure starts the model low, a sure one high, before
+    the model has drafted in it; with nothing decoded yet, the pooled rate stands."""
+    acceptance = Acceptance()
+    rng = random.Random(0)
+    for sure in (0.6, 0.9) * 10:
+        acceptance.start()
+        for _ in range(8):
+            acceptance.observe_target(sure)
+            acceptance.observe("model", 2, sum(rng.random() < sure for _ in range(2)))
+    acceptance.start()
+    pooled = acceptance.prior_of("model")
+    for _ in range(4):
+        acceptance.observe_target(0.55)
+    unsure = acceptance.rate("model")
+    acceptance.start()
+    for _ in range(4):
+        acceptance.observe_target(0.95)
+    sure = acceptance.rate("model")
+    assert unsure < 0.68 < 0.78 < sure
+    assert unsure < pooled < sure
+
+
 def test_one_catch_up_does_not_price_a_draft_model_out():
     """A draft model that sat out steps feeds what it skipped before drafting: that step's
     cost per token is an outlier, and a drafter priced out is never timed again."""

@@ -124,6 +124,7 @@ class GoodputPolicy(PolicyDefaults):
     def observe(self, outcome: StepOutcome) -> None:
         before, context = self.verify.context, self.verify.context + outcome.emitted
         self.verify.observe(outcome.positions, outcome.verify_s * 1000, context)
+        self.acceptance.observe_target(outcome.target_top)
         self.acceptance.idle_except(outcome.drafter)
         for name, cost in self.draft_ms.items():
             if name != outcome.drafter:
