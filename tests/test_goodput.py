@@ -490,7 +490,12 @@ def test_a_request_starts_from_how_sure_the_target_is_of_its_text():
     """A draft agrees with the target about as often as the target is sure of its token:
     after requests where the model's acceptance followed the target's top probability,
     a request whose plain steps are unsure starts the model low, a sure one high, before
-    the model has drafted in it; with nothing decoded yet, the pooled rate stands."""
+    the model has drafted in it; with nothing decoded yet, the pooled rate stands. With no
+    history at all (a process's first request), the target's sureness is the prior."""
+    acceptance = Acceptance()
+    for _ in range(4):
+        acceptance.observe_target(0.55)
+    assert acceptance.prior_of("model") == pytest.approx(0.55)
     acceptance = Acceptance()
     rng = random.Random(0)
     for sure in (0.6, 0.9) * 10:

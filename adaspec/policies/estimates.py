@@ -235,13 +235,16 @@ class Acceptance:
 
     def prior_of(self, drafter: str) -> float:
         """What a request starts from: the drafter's acceptance over recent requests,
-        scaled by how sure the target is of this text against the texts it was tested on."""
+        scaled by how sure the target is of this text against the texts it was tested on
+        (with no history, the first request of a process, that is the target's sureness
+        itself: a prose request there bought the draft model and lost 25%)."""
         accepted, tested, sure_at_tests = self.pooled.get(drafter, (0.0, 0.0, 0.0))
         rate = (accepted + self.prior_weight * self.prior) / (tested + self.prior_weight)
         if not self.sureness[1]:
             return rate  # nothing decoded yet: nothing to compare the text with
-        usual = self.sureness[0] / self.sureness[1]
-        tested_at = (sure_at_tests + self.prior_weight * usual) / (tested + self.prior_weight)
+        # The prior's tokens were tested where the target was as sure as the prior rate: a
+        # pair with no history agrees as often as the target is sure of this text.
+        tested_at = (sure_at_tests + self.prior_weight * self.prior) / (tested + self.prior_weight)
         return min(0.98, max(0.02, rate * self._sureness_now() / tested_at))
 
     def _sureness_now(self) -> float:
