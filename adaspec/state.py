@@ -24,9 +24,8 @@ class DecodeState:
     sampling: SamplingParams
     generator: torch.Generator  # the one RNG of the request: draft sampling and verification
     next_logits: torch.Tensor | None = None  # [vocab] the prefill's row, until the first step
-    max_new_tokens: int | None = (
-        None  # the request's limit: what a drafter's set-up can pay off over
-    )
+    # The request's limit: the tokens a drafter's set-up can pay off over.
+    max_new_tokens: int | None = None
 
     @property
     def tokens_left(self) -> int | None:

@@ -187,9 +187,9 @@ class Acceptance:
         self.memory = memory
         self.history = history
         self.prior_weight = prior_weight
-        self.counts: dict[str, list[float]] = {}  # drafter -> [accepted, tested], this request
-        # The same over recent requests, with how sure the target was of the text at each
-        # tested token: [accepted, tested, summed sureness].
+        # drafter -> [accepted, tested, the target's sureness summed over the tested tokens],
+        # this request (``counts``) and recent requests (``pooled``)
+        self.counts: dict[str, list[float]] = {}
         self.pooled: dict[str, list[float]] = {}
         self.text = [0.0, 0.0]  # this request: [sum of the target's top probabilities, rows]
         self.sureness = [0.0, 0.0]  # the same over recent requests

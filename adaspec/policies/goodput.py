@@ -105,7 +105,7 @@ class GoodputPolicy(PolicyDefaults):
 
     def budget(self, state: DecodeState) -> Budget:
         self.prescored = state.next_logits is not None
-        self.generated, self.tokens_left = state.generated, state.tokens_left
+        self.tokens_left = state.tokens_left
         per = {name: self._plan(name) for name in self.draft_ms}
         budget = Budget(PROBE, per_drafter=per, value=self.value, promise_at=self.promise_at)
         if self.verify.timings(1) < BASELINE:
@@ -122,6 +122,7 @@ class GoodputPolicy(PolicyDefaults):
         return _best_prefix_and_rate(self._probabilities(draft), self._step_ms, 0.0)[1]
 
     def observe(self, outcome: StepOutcome) -> None:
+        self.generated += outcome.emitted
         before, context = self.verify.context, self.verify.context + outcome.emitted
         self.verify.observe(outcome.positions, outcome.verify_s * 1000, context)
         self.acceptance.observe_target(outcome.target_top)
