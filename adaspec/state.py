@@ -28,9 +28,5 @@ class DecodeState:
     max_new_tokens: int | None = None
 
     @property
-    def tokens_left(self) -> int | None:
-        return None if self.max_new_tokens is None else self.max_new_tokens - self.generated
-
-    @property
     def generated(self) -> int:
         return len(self.tokens) - self.prompt_len

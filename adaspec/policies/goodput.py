@@ -84,7 +84,7 @@ class GoodputPolicy(PolicyDefaults):
         self.set_up: set[str] = set()  # drafters that have drafted in this request
         self.setup_ms: dict[str, Ewma] = {}  # per drafter: set-up ms per token of context
         self.generated = 0  # tokens of this request so far
-        self.tokens_left: int | None = None  # until this request's limit
+        self.limit: int | None = None  # this request's max_new_tokens
         self.request_tokens = Ewma()  # tokens a request has generated
         self.prescored = False  # the step under way has its first row from the prefill
 
@@ -101,11 +101,10 @@ class GoodputPolicy(PolicyDefaults):
         self.set_up = set()
         if self.generated:
             self.request_tokens.add(self.generated)
-        self.generated, self.tokens_left = 0, state.tokens_left
+        self.generated, self.limit = 0, state.max_new_tokens
 
     def budget(self, state: DecodeState) -> Budget:
         self.prescored = state.next_logits is not None
-        self.tokens_left = state.tokens_left
         per = {name: self._plan(name) for name in self.draft_ms}
         budget = Budget(PROBE, per_drafter=per, value=self.value, promise_at=self.promise_at)
         if self.verify.timings(1) < BASELINE:
@@ -212,12 +211,10 @@ class GoodputPolicy(PolicyDefaults):
         they ended sooner."""
         typical = self.request_tokens.value
         if typical is None:
-            left = self.tokens_left if self.tokens_left is not None else HORIZON - self.generated
-        else:
-            left = typical - self.generated
-            if self.tokens_left is not None:
-                left = min(left, self.tokens_left)
-        return max(1.0, float(left))
+            typical = self.limit if self.limit is not None else HORIZON
+        elif self.limit is not None:
+            typical = min(typical, self.limit)
+        return max(1.0, float(typical - self.generated))
 
     def _probabilities(self, draft: Draft) -> list[float]:
         """Each drafted token's chance of acceptance, as far as verifying may reach."""
