@@ -674,3 +674,28 @@ def test_a_trimmed_draft_counts_one_rejection_after_the_kept_tokens():
     acceptance.start()
     acceptance.observe("model", 3, 1, trimmed=True)  # the rejection is counted once
     assert acceptance.rate("model") == pytest.approx(0.5)
+
+
+def test_a_draft_model_must_promise_a_margin_over_what_is_in_hand():
+    """A paid drafter estimated 5% better than a plain step is not asked (the best-looking
+    estimate is the one most likely too high, and a CPU's costs are timed under noise);
+    one estimated 25% better is. Free drafters are judged on their tokens, with no margin."""
+    cost = COSTS["cpu-measured"]
+    policy = GoodputPolicy(8)
+    state = DecodeState([1] * 50, 50, SamplingParams(), torch.Generator())
+    policy.start(state)
+    for n in (1, 2, 3, 4):
+        policy.verify.observe(n, cost(n), 50)
+    policy.draft_ms["model"] = DraftCost()
+    policy.draft_ms["model"].add(10.0)
+    policy.set_up = {"model"}  # set up in this request already: no set-up to charge
+    plain = 1.0 / cost(1)
+
+    def acceptance_for(gain: float) -> float:
+        grid = [i / 1000 for i in range(1, 1000)]
+        return min(grid, key=lambda p: abs(policy._rate(10.0, p, 0.0)[1] / plain - gain))
+
+    policy.acceptance.prior = acceptance_for(1.05)
+    assert policy.budget(state).for_drafter("model").promise < plain
+    policy.acceptance.prior = acceptance_for(1.25)
+    assert policy.budget(state).for_drafter("model").promise > plain

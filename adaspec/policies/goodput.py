@@ -32,6 +32,13 @@ HORIZON = 32  # tokens a request is assumed to generate where no limit nor earli
 # which must be measured, not extrapolated (on a CPU, verifying 2 positions costs much more
 # than 1, so a line through 2 and 3 overprices a plain step), and the first may be cold.
 BASELINE = 2
+# A drafter that pays per token (a draft model) is asked only where it promises this many
+# times the rate of what is in hand. Its promise rests on estimates (an acceptance prior,
+# costs timed under noise), and asking the arm that looks best selects the one whose
+# estimate errs most upward (the optimizer's curse): on a CPU, where a draft model at best
+# gains a few percent on prose, a bet that looks 5% better loses as often as it wins, and
+# pays its set-up either way. A free drafter needs no margin: trim() judges its tokens.
+DOUBT = 1.1
 
 
 def expected_tokens(acceptance: float, k: int) -> float:
@@ -149,7 +156,7 @@ class GoodputPolicy(PolicyDefaults):
         and is accepted at the prior rate: a draft model that could not pay even so is not
         worth its set-up (prefilling the context) to find out."""
         draft_ms = share * self.verify.ms(1)
-        return self._rate(draft_ms, self.acceptance.prior, 0.0, k_min=1)[1]
+        return self._rate(draft_ms, self.acceptance.prior, 0.0, k_min=1)[1] / DOUBT
 
     def _plan(self, drafter: str) -> Budget:
         """The budget for one drafter, with the rate the policy expects of it."""
@@ -157,7 +164,7 @@ class GoodputPolicy(PolicyDefaults):
         k, promise = self._rate(draft_ms, acceptance, self._setup_share(drafter))
         if self._free(drafter):
             return Budget(self._k_limit(), promise=promise)  # draft all, trim() decides
-        return Budget(k, promise=promise, stop=partial(self.stop_drafting, drafter, k))
+        return Budget(k, promise=promise / DOUBT, stop=partial(self.stop_drafting, drafter, k))
 
     def stop_drafting(self, drafter: str, k: int, confidences: Sequence[float]) -> bool:
         """SpecDec++'s early stop, priced: whether no longer draft of at most k tokens
