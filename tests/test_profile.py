@@ -35,6 +35,15 @@ def test_cost_interpolation(k, context, expected):
     assert PROFILE.cost_ms(k, context) == pytest.approx(expected)
 
 
+def test_a_point_timed_below_a_smaller_one_costs_as_much_as_it():
+    """Timed under load, 4 positions came out dearer than 8: planning must not read 8 (or
+    12) as the cheaper forward."""
+    noisy = replace(PROFILE, ms=[[50.0, 80.0, 300.0, 200.0]], contexts=[128])
+    assert noisy.cost_ms(8, 128) == pytest.approx(300.0)
+    assert noisy.cost_ms(6, 128) == pytest.approx(300.0)
+    assert noisy.cost_ms(3, 128) == pytest.approx(190.0)
+
+
 def test_save_and_load_round_trip(tmp_path):
     path = PROFILE.save(tmp_path / "p.json")
     assert CostProfile.load(path) == PROFILE
