@@ -699,3 +699,24 @@ def test_a_draft_model_must_promise_a_margin_over_what_is_in_hand():
     assert policy.budget(state).for_drafter("model").promise < plain
     policy.acceptance.prior = acceptance_for(1.25)
     assert policy.budget(state).for_drafter("model").promise > plain
+
+
+def test_a_draft_model_not_timed_yet_is_tried_where_the_target_is_sure_of_the_text():
+    """Before its first draft, a model's promise starts from how sure the target is of this
+    text: tried on code the target is sure of, left alone on prose it is not (with one
+    fixed prior it would be tried on both or neither)."""
+    cost = lambda n: 260.0 + 100.0 * min(n - 1, 1) + 10.0 * max(n - 2, 0)  # noqa: E731
+    plain = 1.0 / cost(1)
+
+    def promise(sure: float) -> float:
+        policy = GoodputPolicy(8)
+        state = DecodeState([1] * 50, 50, SamplingParams(), torch.Generator())
+        policy.start(state)
+        for n in (1, 2, 3, 4):
+            policy.verify.observe(n, cost(n), 50)
+        for _ in range(10):
+            policy.acceptance.observe_target(sure)
+        return policy.budget(state).promise_at("model", 0.32)
+
+    assert promise(0.95) > plain
+    assert promise(0.6) < plain

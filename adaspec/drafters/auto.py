@@ -113,7 +113,7 @@ class AutoDrafter:
             return arm.promise
         if budget.promise_at is None or name not in self.shares:
             return plain
-        return min(plain, budget.promise_at(self.shares[name]))
+        return min(plain, budget.promise_at(name, self.shares[name]))
 
     def observe(self, outcome: StepOutcome) -> None:
         if self.current is not None:

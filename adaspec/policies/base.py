@@ -33,11 +33,11 @@ class Budget:
     # What the policy expects, in tokens per millisecond, so that a drafter choosing among
     # drafters (auto) asks only those worth asking: ``promise`` of a step drafting under
     # this budget (drafting included), ``value`` of verifying a draft already in hand,
-    # ``promise_at`` of a drafter not timed yet whose drafted token costs this share of a
+    # ``promise_at`` of a drafter not timed yet (by name) whose drafted token costs this share of a
     # one-token target forward. None: the policy makes no predictions.
     promise: float | None = None
     value: Callable[[Draft], float] | None = None
-    promise_at: Callable[[float], float] | None = None
+    promise_at: Callable[[str, float], float] | None = None
     # Whether to stop drafting before the next token, given the confidences of those drafted
     # so far: asked by a drafter whose every token costs a forward (a draft model), so that
     # a draft going wrong stops early. None: draft up to max_tokens.

@@ -150,13 +150,15 @@ class GoodputPolicy(PolicyDefaults):
         self.acceptance.observe(outcome.drafter, outcome.drafted, outcome.accepted, trimmed)
         self.calibration.observe(outcome.drafter, outcome.confidences, outcome.accepted)
 
-    def promise_at(self, share: float) -> float:
+    def promise_at(self, drafter: str, share: float) -> float:
         """Expected tokens per millisecond from a drafter not timed yet, if a drafted token
         costs this share of a one-token forward (a draft model's weights over the target's)
-        and is accepted at the prior rate: a draft model that could not pay even so is not
-        worth its set-up (prefilling the context) to find out."""
+        and is accepted at its prior for this text (how sure the target is of it): a draft
+        model that could not pay even so is not worth its set-up (prefilling the context) to
+        find out. A fixed prior would ask it on every text or on none: at 0.7, it looked 5%
+        better than a plain step on code and prose alike."""
         draft_ms = share * self.verify.ms(1)
-        return self._rate(draft_ms, self.acceptance.prior, 0.0, k_min=1)[1] / DOUBT
+        return self._rate(draft_ms, self.acceptance.rate(drafter), 0.0, k_min=1)[1] / DOUBT
 
     def _plan(self, drafter: str) -> Budget:
         """The budget for one drafter, with the rate the policy expects of it."""
