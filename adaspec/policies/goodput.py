@@ -156,9 +156,13 @@ class GoodputPolicy(PolicyDefaults):
         and is accepted at its prior for this text (how sure the target is of it): a draft
         model that could not pay even so is not worth its set-up (prefilling the context) to
         find out. A fixed prior would ask it on every text or on none: at 0.7, it looked 5%
-        better than a plain step on code and prose alike."""
+        better than a plain step on code and prose alike. A free drafter (a lookup) promises
+        at least a plain step: trim() verifies none of its tokens where none pay."""
         draft_ms = share * self.verify.ms(1)
-        return self._rate(draft_ms, self.acceptance.rate(drafter), 0.0, k_min=1)[1] / DOUBT
+        free = draft_ms * self._k_limit() <= FREE_DRAFT * self.verify.ms(1)
+        acceptance = self.acceptance.rate(drafter)
+        rate = self._rate(draft_ms, acceptance, 0.0, k_min=0 if free else 1)[1]
+        return rate if free else rate / DOUBT
 
     def _plan(self, drafter: str) -> Budget:
         """The budget for one drafter, with the rate the policy expects of it."""
