@@ -33,8 +33,8 @@ class Budget:
     # What the policy expects, in tokens per millisecond, so that a drafter choosing among
     # drafters (auto) asks only those worth asking: ``promise`` of a step drafting under
     # this budget (drafting included), ``value`` of verifying a draft already in hand,
-    # ``promise_at`` of a drafter not timed yet (by name) whose drafted token costs this share of a
-    # one-token target forward. None: the policy makes no predictions.
+    # ``promise_at`` of a drafter not timed yet (by name) whose drafted token costs this
+    # share of a one-token target forward. None: the policy makes no predictions.
     promise: float | None = None
     value: Callable[[Draft], float] | None = None
     promise_at: Callable[[str, float], float] | None = None

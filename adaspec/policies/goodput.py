@@ -159,9 +159,8 @@ class GoodputPolicy(PolicyDefaults):
         better than a plain step on code and prose alike. A free drafter (a lookup) promises
         at least a plain step: trim() verifies none of its tokens where none pay."""
         draft_ms = share * self.verify.ms(1)
-        free = draft_ms * self._k_limit() <= FREE_DRAFT * self.verify.ms(1)
-        acceptance = self.acceptance.rate(drafter)
-        rate = self._rate(draft_ms, acceptance, 0.0, k_min=0 if free else 1)[1]
+        free = self._free_at(draft_ms)
+        rate = self._rate(draft_ms, self.acceptance.rate(drafter), 0.0, k_min=0 if free else 1)[1]
         return rate if free else rate / DOUBT
 
     def _plan(self, drafter: str) -> Budget:
@@ -202,7 +201,10 @@ class GoodputPolicy(PolicyDefaults):
     def _free(self, drafter: str) -> bool:
         """Whether a full draft costs this drafter next to nothing (an n-gram lookup): it
         drafts all it may, and what trim() leaves out of it cost nothing."""
-        return self._draft_ms(drafter) * self._k_limit() <= FREE_DRAFT * self.verify.ms(1)
+        return self._free_at(self._draft_ms(drafter))
+
+    def _free_at(self, draft_ms: float) -> bool:
+        return draft_ms * self._k_limit() <= FREE_DRAFT * self.verify.ms(1)
 
     def _k_limit(self) -> int:
         return min(self.k_max, self.verify.explored_limit() - 1)
