@@ -7,6 +7,7 @@ import random
 import pytest
 import torch
 
+from adaspec.backends import torch_hf
 from adaspec.backends.torch_hf import _dtype
 from tests.tiny import backend, tiny_model
 
@@ -51,3 +52,15 @@ def test_weights_default_to_float32_on_every_device(device):
     would let greedy speculation differ from plain decoding; fp32 is the exact default."""
     assert _dtype(None, device) is torch.float32
     assert _dtype("bfloat16", device) is torch.bfloat16
+
+
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_a_draft_model_runs_in_bf16_only_on_a_cpu_that_computes_it(monkeypatch, has_bf16):
+    """A draft's rounding never reaches the output, its cost does: bf16 where the CPU has
+    bf16 instructions (faster there), fp32 where torch would emulate it (slower), fp32 on a
+    GPU, and a dtype the user names always wins."""
+    monkeypatch.setattr(torch_hf, "cpu_has_bf16", lambda: has_bf16)
+    assert _dtype(None, "cpu", drafting=True) is (torch.bfloat16 if has_bf16 else torch.float32)
+    assert _dtype(None, "cpu") is torch.float32  # the target: exact verification
+    assert _dtype(None, "cuda", drafting=True) is torch.float32
+    assert _dtype("float32", "cpu", drafting=True) is torch.float32

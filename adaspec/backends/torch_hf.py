@@ -80,14 +80,15 @@ class TorchBackend:
         (timed once, see layout_timing). A model loaded for ``drafting`` runs one row at a
         time (and its prompt once), so it keeps one copy of each weight, the faster for one
         row: two would double its memory for nothing (the default pair in one process then
-        fits in 24 GB beside the peers)."""
+        fits in 24 GB beside the peers); on a CPU with bf16 instructions it runs in bf16
+        (see _dtype)."""
         if threads:
             torch.set_num_threads(threads)  # process-wide: torch has no per-model threads
         hf_logging.disable_progress_bar()  # the CLI shows its own status; keep stderr clean
         hf_logging.set_verbosity_error()
         path = Path(path)
         device = device or default_device()
-        torch_dtype = _dtype(dtype, device)
+        torch_dtype = _dtype(dtype, device, drafting)
         folder = hf_folder(path)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype).to(device)
         backend = cls(model, HFTokenizer(AutoTokenizer.from_pretrained(folder)), label=str(path))
@@ -161,23 +162,36 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _dtype(name: str | None, device: str) -> torch.dtype:
-    """fp32 unless asked otherwise, on every device, because it keeps greedy speculation exact.
+def _dtype(name: str | None, device: str, drafting: bool = False) -> torch.dtype:
+    """fp32 unless asked otherwise, on every device, because it keeps greedy speculation exact;
+    a draft model on a CPU that computes bf16 in hardware runs in bf16.
 
     bf16 and fp16 GPU kernels are not batch-invariant: scoring k tokens in one forward rounds
     differently from k one-token steps, so at near-ties greedy speculation can pick another
     token than plain decoding. On an H100 in bf16, ngram:heuristic differed from plain decoding
     on 2 of 13 Spec-Bench questions; in fp32 every id matched, and this 1.5B model decoded no
-    slower (a step is bound by kernel launches, not arithmetic). On CPU fp32 is also faster.
+    slower (a step is bound by kernel launches, not arithmetic). On CPU fp32 is also faster,
+    except where the CPU has bf16 instructions. A draft model's rounding never reaches the
+    output (the target verifies every token it drafts), only its cost does: on an AMD EPYC
+    (Zen 4, AVX512-BF16) the default pair's 0.5B draft ran a token in 84 ms in bf16 against
+    123 ms in fp32, a 2-token catch-up in 79 against 197, and a 671-token prompt in 1.8 s
+    against 4.1 s. Without those instructions torch emulates bf16, slower than fp32.
     """
     if name is None:
-        return torch.float32
+        fast_bf16 = drafting and device == "cpu" and cpu_has_bf16()
+        return torch.bfloat16 if fast_bf16 else torch.float32
     try:
         return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
             name
         ]
     except KeyError:
         raise ModelError(f"unknown dtype {name!r}; use float32, bfloat16 or float16") from None
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16, or AMX tiles)."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private, hence getattr
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
 
 
 def _check_folder(path: Path) -> Path:
