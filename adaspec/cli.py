@@ -352,7 +352,9 @@ def train_head(
         engine = load(
             target, draft="none", drafter="auto", policy="goodput", backend=backend, threads=threads
         )
-        draft_model = load_backend(draft, backend, threads=threads)
+        # As it will draft (bf16 on a CPU with bf16 instructions): the head learns the
+        # hidden states it will read.
+        draft_model = load_backend(draft, backend, threads=threads, drafting=True)
     ids = [encode_prompt(engine.target.tokenizer, q.prompt, chat=True) for q in chosen]
     with err.status("running the pair") as status:
         samples = collect(
