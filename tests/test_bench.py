@@ -190,3 +190,42 @@ def test_auto_gets_the_draft_model_as_an_arm_and_ngram_does_not():
     assert set(auto.drafters) == {"ngram", "model"}
     assert set(AdaspecMethod("auto", target, None).engine.drafter.drafters) == {"ngram"}
     assert AdaspecMethod.uses_draft("auto:goodput") and not AdaspecMethod.uses_draft("ngram")
+
+
+def test_a_cell_that_drafted_nothing_is_marked_as_plain_decoding():
+    """A method that verified no draft in a category did the baseline's work there: the
+    report says so, rather than let its 0.96× read as a loss or its 1.04× as a gain."""
+
+    def run(method, category, drafted, draft_s=0.0, wall=10.0):
+        return Run(
+            method, category, category, 0, 10, wall, drafted=drafted, accepted=0, draft_s=draft_s
+        )
+
+    runs = [
+        run("none", "qa", 0),
+        run("none", "coding", 0),
+        run("auto", "qa", 0, draft_s=0.01, wall=10.4),  # lookups that found nothing
+        run("auto", "coding", 6, draft_s=0.01, wall=6.0),
+        run("model", "qa", 0, draft_s=2.0),  # drafted and trimmed all: not the same work
+        run("model", "coding", 3, draft_s=2.0),
+    ]
+    text = report.markdown(report.table(runs), "none", [], [], "# bench")
+    speedup = text.split("## Speedup")[1].split("##")[0]
+    assert "| auto | 0.96×° | 1.67× |" in speedup
+    assert "| model | 1.00× | 1.00× |" in speedup
+    assert "| none | 1.00× | 1.00× |" in speedup  # the baseline is not marked
+    assert "°: the method verified no draft" in speedup
+
+
+def test_the_baselines_repeats_measure_the_noise_on_identical_work():
+    def run(question, repeat, wall):
+        return Run("none", question, "qa", repeat, 10, wall)
+
+    runs = [run(1, 0, 10.0), run(1, 1, 11.0), run(2, 0, 5.0), run(2, 1, 6.0), run(3, 0, 4.0)]
+    median, largest, n = report.repeat_noise(runs, "none")
+    assert n == 2  # question 3 ran once: it says nothing of noise
+    assert largest == pytest.approx(0.2) and median == pytest.approx((0.1 + 0.2) / 2)
+    assert report.repeat_noise(runs[:1], "none") is None
+    cells = report.table(runs)
+    text = report.markdown(cells, "none", [], [], "# bench", (median, largest, n))
+    assert "differed by a median 15% in tokens/s (at most 20%, over 2 questions)" in text

@@ -78,7 +78,9 @@ def run_bench(
     meta = _meta(options, target, len(questions), notes)
     report.write_results(options.out / "results.json", runs, meta)
     report.plots(options.out, cells, runs, BASELINE)
-    text = report.markdown(cells, BASELINE, [p.name for p in peers], problems, _header(meta, notes))
+    noise = report.repeat_noise(runs, BASELINE)
+    header = _header(meta, notes)
+    text = report.markdown(cells, BASELINE, [p.name for p in peers], problems, header, noise)
     path = options.out / "report.md"
     path.write_text(text)
     return BenchOutcome(path, problems, text)

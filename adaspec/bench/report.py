@@ -23,6 +23,13 @@ DECODE_NOTE = (
     "report their prefill). The prefill is the same work for every method; on a shared CPU its "
     "noise on long prompts can exceed the effect of speculation."
 )
+PLAIN_DRAFT_SHARE = 0.01  # drafting (lookups that found nothing) this small is not work
+PLAIN_MARK = "°"
+PLAIN_NOTE = (
+    f"{PLAIN_MARK}: the method verified no draft in any run of that cell and drafted for under "
+    f"{PLAIN_DRAFT_SHARE:.0%} of its time: plain decoding, the baseline's own work, so its "
+    "distance from 1.00× is the machine's noise on identical work."
+)
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,13 @@ class Cell:
     draft_share: float | None  # share of wall time spent drafting
     verify_share: float | None
     peak_rss_mb: float
+    drafted: int | None = None  # draft tokens verified, over every run
+
+    @property
+    def plain(self) -> bool:
+        """Whether this was plain decoding: no draft verified and next to no time spent
+        drafting, so its runs did the baseline's work."""
+        return self.drafted == 0 and (self.draft_share or 0.0) < PLAIN_DRAFT_SHARE
 
 
 def cell(runs: Sequence[Run]) -> Cell:
@@ -60,6 +74,7 @@ def cell(runs: Sequence[Run]) -> Cell:
         draft_share=_share(runs, "draft_s", wall),
         verify_share=_share(runs, "verify_s", wall),
         peak_rss_mb=max(r.peak_rss_mb for r in runs),
+        drafted=drafted,
     )
 
 
@@ -97,6 +112,21 @@ def table(runs: Sequence[Run]) -> dict[str, dict[str, Cell]]:
     return out
 
 
+def repeat_noise(runs: Sequence[Run], baseline: str) -> tuple[float, float, int] | None:
+    """How much identical work varied: for each question the baseline ran more than once,
+    its fastest repeat's tokens/s over its slowest's, minus one. The median and the largest
+    of these, and over how many questions; None with one repeat. A speedup cell within
+    this of 1.00× says nothing either way."""
+    rates: dict[int | str, list[float]] = defaultdict(list)
+    for run in runs:
+        if run.method == baseline and run.wall_s > 0:
+            rates[run.question_id].append(run.new_tokens / run.wall_s)
+    spreads = [max(r) / min(r) - 1 for r in rates.values() if len(r) > 1 and min(r) > 0]
+    if not spreads:
+        return None
+    return statistics.median(spreads), max(spreads), len(spreads)
+
+
 def mismatches(runs: Sequence[Run], baseline: str) -> list[str]:
     """Every adaspec run whose token ids differ from the baseline's on the same question:
     lengths included, so a truncated output cannot hide behind zip()."""
@@ -129,12 +159,22 @@ def markdown(
     peers: Sequence[str],
     problems: Sequence[str],
     header: str,
+    noise: tuple[float, float, int] | None = None,
 ) -> str:
     categories = [c for c in next(iter(cells.values())) if c != OVERALL]
     fastest_peer = max(peers, key=lambda p: cells[p][OVERALL].tokens_per_s) if peers else None
     base = cells[baseline]
     lines = [header, "", "## Speedup over adaspec autoregressive (`" + baseline + "`)", ""]
     lines += _speedup_rows(cells, baseline, categories, lambda c: c.tokens_per_s)
+    if any(row[c].plain for m, row in cells.items() if m != baseline for c in row):
+        lines += ["", PLAIN_NOTE]
+    if noise is not None:
+        median, largest, n = noise
+        lines += [
+            "",
+            f"Noise on identical work: `{baseline}`'s repeats of one question differed by a "
+            f"median {median:.0%} in tokens/s (at most {largest:.0%}, over {n} questions).",
+        ]
     decoding = {m: row for m, row in cells.items() if row[OVERALL].decode_tokens_per_s is not None}
     if baseline in decoding:
         lines += ["", "## Decode only: the same, with each prompt's prefill left out", ""]
@@ -181,7 +221,11 @@ def _speedup_rows(
     lines.append("|---" * (len(categories) + 3) + "|")
     base = cells[baseline]
     for method, row in cells.items():
-        speedups = [f"{rate(row[c]) / rate(base[c]):.2f}×" for c in [*categories, OVERALL]]
+        speedups = [
+            f"{rate(row[c]) / rate(base[c]):.2f}×"
+            + (PLAIN_MARK if method != baseline and row[c].plain else "")
+            for c in [*categories, OVERALL]
+        ]
         lines.append(
             f"| {method} | " + " | ".join(speedups) + f" | {_num(row[OVERALL].mean_accepted)} |"
         )
