@@ -11,6 +11,7 @@ from adaspec.backends import (
     Tokenizer,
     torch_hf,  # noqa: F401  (registers the torch backend)
 )
+from adaspec.build import build_engine
 from adaspec.drafters import DRAFTERS
 from adaspec.engine import Engine
 from adaspec.errors import ConfigError
@@ -91,7 +92,7 @@ def load(
     ``k`` is the policy's draft-length knob (None: the policy's default).
     """
     drafter_cls = DRAFTERS.get(drafter)
-    policy_cls = POLICIES.get(policy)
+    POLICIES.get(policy)  # an unknown name fails before any model loads
     draft = _draft_for(target, draft, drafter_cls.uses_draft_model)
     if drafter_cls.needs_draft_model and draft is None:
         raise ConfigError(f"drafter {drafter!r} needs a draft model: pass --draft NAME_OR_PATH")
@@ -101,5 +102,4 @@ def load(
         draft_model = load_backend(
             draft, draft_backend or backend, device, dtype, threads, drafting=True
         )
-    drafter_obj = drafter_cls.create(target_backend, draft_model)
-    return Engine(target_backend, drafter_obj, policy_cls.create(k, target_backend))
+    return build_engine(target_backend, draft_model, drafter, policy, k)

@@ -135,10 +135,11 @@ class Engine:
     def step(self, state: DecodeState, config: GenerationConfig) -> tuple[list[int], StepOutcome]:
         """One target pass: draft, verify, commit; returns the tokens it adds."""
         room = config.max_new_tokens - state.generated - 1  # the step adds one token itself
-        budget = self.policy.budget(state).capped(room)
+        plan = self.policy.budget(state)
+        budget = plan.for_drafter(self.drafter.name).capped(room)  # its own plan, if any
         t0 = self.clock()
         proposal = self.drafter.propose(state, budget) if budget.allows_drafting else Draft()
-        draft = proposal.prefix(self.policy.trim(proposal))
+        draft = proposal.prefix(self._to_verify(proposal))
         t1 = self.clock()
         prescored = state.next_logits is not None
         logits = self._score(state, draft.tokens)  # [k + 1, vocab]
@@ -162,6 +163,14 @@ class Engine:
         self.policy.observe(outcome)
         self.drafter.observe(outcome)
         return new, outcome
+
+    def _to_verify(self, proposal: Draft) -> int:
+        """How many drafted tokens to verify. Lossless sampling needs the choice to verify
+        x_i to depend only on what was known before x_i was drawn (docs/methods.md): a
+        sampled draft was stopped as it was drawn and is verified whole; the policy may
+        look ahead only over a draft that is a function of the committed text (a lookup's,
+        any greedy one), whose tokens hold no chance."""
+        return len(proposal.tokens) if proposal.sampled else self.policy.trim(proposal)
 
     def _score(self, state: DecodeState, draft: list[int]) -> torch.Tensor:
         """Target rows for the last committed token and each draft token: [k + 1, vocab].

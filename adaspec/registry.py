@@ -19,10 +19,15 @@ class Registry(Generic[T]):
         self._entries: dict[str, type[T]] = {}
 
     def register(self, name: str) -> Callable[[type[T]], type[T]]:
+        """Add a class under ``name``; the class's ``name`` attribute becomes that name, so
+        an instance can say what it is registered as (a policy's plan per drafter is keyed
+        by it)."""
+
         def add(cls: type[T]) -> type[T]:
             if name in self._entries:
                 raise RuntimeError(f"{self.kind} {name!r} registered twice")
             self._entries[name] = cls
+            cls.name = name  # type: ignore[attr-defined]
             return cls
 
         return add

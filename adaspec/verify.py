@@ -84,8 +84,14 @@ def verify_sampling(
         return Verdict([*draft_tokens, sample(p[k], generator)], k)
     n = int(rejected[0])
     q_n = q[n].to(p.device) if q is not None else torch.nn.functional.one_hot(x[n], p.shape[-1])
-    residual = (p[n] - q_n).clamp_min(0.0)  # [vocab]
-    mass = residual.sum()
-    # mass > 0 whenever a rejection is possible; the guard only absorbs float round-off.
-    recovered = sample(residual / mass if mass > 0 else p[n], generator)
+    recovered = sample(residual(p[n], q_n), generator)
     return Verdict([*draft_tokens[:n], recovered], n)
+
+
+def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """norm(max(0, p - q)) [vocab]: what the target still owes after a rejected draw from
+    q. Its mass is > 0 whenever a rejection is possible; falling back to p only absorbs
+    float round-off."""
+    owed = (p - q).clamp_min(0.0)  # [vocab]
+    mass = owed.sum()
+    return owed / mass if mass > 0 else p

@@ -5,14 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adaspec import engine as engine_module
+from adaspec.build import build_engine
 from adaspec.config import GenerationConfig, SamplingParams
+from adaspec.drafters import DRAFTERS as DRAFTER_NAMES
 from adaspec.drafters.model import ModelDrafter
 from adaspec.drafters.none import NoDrafter
 from adaspec.engine import Engine
 from adaspec.errors import ConfigError
+from adaspec.policies import POLICIES as POLICY_NAMES
 from adaspec.policies.fixed import FixedPolicy
 from adaspec.policies.goodput import GoodputPolicy
+from tests.power import ALPHA, chi_square
 from tests.tiny import (
     DRAFTERS,
     POLICIES,
@@ -20,6 +23,7 @@ from tests.tiny import (
     FakeClock,
     ar_tokens,
     backend,
+    perturbed,
     tiny_model,
 )
 
@@ -32,20 +36,53 @@ def target():
     return backend(tiny_model(seed=0))
 
 
+MATRIX = [(d, p) for d in DRAFTER_NAMES.names() for p in POLICY_NAMES.names()]
+
+
+def argmax_loop(model, prompt: list[int], n: int) -> list[int]:
+    """The reference: greedy decoding by a plain argmax over the whole text each step,
+    with no engine and no cache."""
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+    return ids[len(prompt) :]
+
+
 @pytest.fixture(scope="module")
 def expected(target):
-    return {(i, n): ar_tokens(target, p, n) for i, p in enumerate(PROMPTS) for n in LENGTHS}
+    return {(i, n): argmax_loop(target.model, p, n) for i, p in enumerate(PROMPTS) for n in LENGTHS}
+
+
+@pytest.mark.parametrize(("drafter", "policy"), MATRIX)
+def test_greedy_equals_an_argmax_loop(target, expected, drafter, policy):
+    """Every drafter x policy in the registries, on a clock where drafting pays, with a
+    draft model that agrees with the target only in part: each must have drafted, had
+    tokens accepted and tokens rejected, and still return the argmax loop's ids."""
+    clock = FakeClock()
+    draft = backend(perturbed(target.model, 0.3))
+    engine = build_engine(ClockedBackend(target, clock), draft, drafter, policy, clock=clock)
+    accepted = rejected = 0
+    for (i, n), want in expected.items():
+        result = engine.generate(PROMPTS[i], GenerationConfig(max_new_tokens=n))
+        assert result.token_ids == want, f"prompt {i}, {n} tokens"
+        assert result.stats.new_tokens == len(want)
+        accepted += sum(s.accepted for s in result.stats.steps)
+        rejected += sum(s.drafted > s.accepted for s in result.stats.steps)
+    if drafter != "none":  # the baseline drafts nothing; every other one must be tested
+        assert accepted > 0 and rejected > 0, (accepted, rejected)
 
 
 @pytest.mark.parametrize("policy", list(POLICIES))
 @pytest.mark.parametrize("drafter", list(DRAFTERS))
-def test_greedy_equals_autoregressive(target, expected, drafter, policy):
+def test_greedy_variants_equal_autoregressive(target, expected, drafter, policy):
+    """Hand-picked variants the registry matrix leaves out (a self draft, an unrelated
+    one, several draft lengths and thresholds), on the wall clock."""
     engine = Engine(target, DRAFTERS[drafter](target), POLICIES[policy]())
     accepted = 0
     for (i, n), want in expected.items():
         result = engine.generate(PROMPTS[i], GenerationConfig(max_new_tokens=n))
         assert result.token_ids == want, f"prompt {i}, {n} tokens"
-        assert result.stats.new_tokens == len(want)
         accepted += result.stats.summary()["accepted"]
     if drafter == "model-self" and not policy.startswith("confidence"):
         assert accepted > 0  # a draft identical to the target must be accepted
@@ -143,18 +180,6 @@ def joint_first_two(logits_fn, vocab: int) -> torch.Tensor:
     return torch.stack([p1[a] * torch.softmax(logits_fn([a]), -1) for a in range(vocab)])
 
 
-def chi_square_p_value(counts: torch.Tensor, probs: torch.Tensor) -> float:
-    """Pearson's test, cells with expected count < 5 pooled into one."""
-    expected = probs.flatten() * counts.sum()
-    counts = counts.flatten().double()
-    small = expected < 5
-    obs = torch.cat([counts[~small], counts[small].sum().reshape(1)])
-    exp = torch.cat([expected[~small], expected[small].sum().reshape(1)])
-    stat = float(((obs - exp) ** 2 / exp.clamp_min(1e-12)).sum())
-    dof = len(obs) - 1
-    return float(torch.special.gammaincc(torch.tensor(dof / 2), torch.tensor(stat / 2)))
-
-
 def sampled_joint(engine: Engine, prompt: list[int], vocab: int, n: int) -> torch.Tensor:
     counts = torch.zeros(vocab, vocab)
     params = SamplingParams(temperature=1.0)
@@ -172,7 +197,10 @@ def sharp_pair():
     return backend(target), backend(draft)
 
 
-def test_speculative_sampling_matches_target_distribution(sharp_pair):
+def test_speculative_sampling_through_a_real_cache_matches_the_target(sharp_pair):
+    """The synthetic pair of test_lossless.py has no KV cache to roll back; this one does.
+    1500 samples detect TV >= 0.13 at power 0.9 (pooled cells included): a check of the cache under
+    sampling, not of the rule's exactness (test_lossless.py has the power for that)."""
     target, draft = sharp_pair
     prompt = [1, 4, 2]
 
@@ -184,52 +212,11 @@ def test_speculative_sampling_matches_target_distribution(sharp_pair):
     with torch.no_grad():
         q1 = torch.softmax(draft.model(torch.tensor([prompt])).logits[0, -1].double(), -1)
     assert 0.5 * float((q1 - exact.sum(1)).abs().sum()) > 0.3  # the draft disagrees strongly
-    engine = Engine(target, ModelDrafter(draft, 8), FixedPolicy(2))
-    counts = sampled_joint(engine, prompt, 8, n=1500)
-    assert chi_square_p_value(counts, exact) > 1e-3
-
-
-def test_goodput_trimmed_sampling_matches_target_distribution(sharp_pair):
-    """Goodput decides after drafting how many sampled tokens to verify; the output is
-    still distributed as the target's (and it does verify drafts here, on a clock where
-    speculation pays)."""
-    target, draft = sharp_pair
     clock = FakeClock()
-    prompt = [1, 4, 2]
-
-    def logits(extra: list[int]) -> torch.Tensor:
-        with torch.no_grad():
-            return target.model(torch.tensor([prompt + extra])).logits[0, -1].double()
-
     engine = Engine(
         ClockedBackend(target, clock), ModelDrafter(draft, 8), GoodputPolicy(2), clock=clock
     )
-    drafted = engine.generate(  # two plain steps time the baseline, then it drafts
-        prompt, GenerationConfig(8, SamplingParams(temperature=1.0), seed=0)
-    ).stats.summary()["drafted"]
-    assert drafted > 0
     counts = sampled_joint(engine, prompt, 8, n=1500)
-    assert chi_square_p_value(counts, joint_first_two(logits, 8)) > 1e-3
-
-
-def test_distribution_test_catches_a_lossy_rule(sharp_pair, monkeypatch):
-    """The same test fails when every draft token is kept (output ~ draft, not target)."""
-    from adaspec.verify import Verdict
-
-    def keep_everything(logits, tokens, probs, params, generator):
-        bonus = int(
-            torch.multinomial(torch.softmax(logits[-1].float(), -1), 1, generator=generator)
-        )
-        return Verdict([*tokens, bonus], len(tokens))
-
-    target, draft = sharp_pair
-    prompt = [1, 4, 2]
-
-    def logits(extra: list[int]) -> torch.Tensor:
-        with torch.no_grad():
-            return target.model(torch.tensor([prompt + extra])).logits[0, -1].double()
-
-    monkeypatch.setattr(engine_module, "verify", keep_everything)
-    engine = Engine(target, ModelDrafter(draft, 8), FixedPolicy(2))
-    counts = sampled_joint(engine, prompt, 8, n=300)
-    assert chi_square_p_value(counts, joint_first_two(logits, 8)) < 1e-6
+    test = chi_square(counts, exact)
+    assert test.detectable_tv() < 0.13
+    assert test.p_value > ALPHA, test

@@ -13,10 +13,9 @@ from time import perf_counter
 from typing import Protocol
 
 from adaspec.backends.base import Backend
+from adaspec.build import build_engine
 from adaspec.config import GenerationConfig
 from adaspec.drafters import DRAFTERS
-from adaspec.engine import Engine
-from adaspec.errors import ConfigError
 from adaspec.policies import POLICIES
 
 
@@ -59,14 +58,16 @@ class AdaspecMethod:
     ``auto`` has it as an arm, as ``adaspec generate`` runs it with the default pair."""
 
     def __init__(
-        self, spec: str, target: Backend, draft: Backend | None, k: int | None = None
+        self,
+        spec: str,
+        target: Backend,
+        draft: Backend | None,
+        k: int | None = None,
+        clock: Callable[[], float] = perf_counter,
     ) -> None:
-        drafter_cls, policy_cls = self.parse(spec)
-        if drafter_cls.needs_draft_model and draft is None:
-            raise ConfigError(f"method {spec!r} needs a draft model: pass --draft")
         self.name = spec
-        drafter = drafter_cls.create(target, draft if drafter_cls.uses_draft_model else None)
-        self.engine = Engine(target, drafter, policy_cls.create(k, target))
+        drafter, _, policy = spec.partition(":")
+        self.engine = build_engine(target, draft, drafter, policy or "goodput", k, clock)
 
     @staticmethod
     def parse(spec: str) -> tuple[type, type]:

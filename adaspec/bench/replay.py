@@ -21,7 +21,6 @@ import torch
 
 from adaspec.bench.methods import AdaspecMethod
 from adaspec.config import GenerationConfig
-from adaspec.engine import Engine
 from adaspec.errors import ConfigError
 from adaspec.models import resolve_model
 from adaspec.profile import CostProfile, profile_path
@@ -177,8 +176,7 @@ def replay(method: str, cases: Sequence[Case], profile: CostProfile) -> list[Rep
     clock = ScriptedClock()
     vocab = 1 + max(max(c.prompt + c.answer) for c in cases)
     target = ScriptedTarget(profile, clock, vocab)
-    built = AdaspecMethod(method, target, None)
-    engine = Engine(target, built.engine.drafter, built.engine.policy, clock=clock)
+    engine = AdaspecMethod(method, target, None, clock=clock).engine
     replayed = []
     for case in cases:
         target.play(case)

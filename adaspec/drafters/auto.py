@@ -93,7 +93,8 @@ class AutoDrafter:
         the draft in hand is worth (one not timed yet is asked only when nothing better than
         a plain step is in hand, and its guessed cost does not rule it out). A draft at
         least as good as the one in hand replaces it, so the arm that spent the step's
-        drafting time is the one the policy learns from."""
+        drafting time is the one the policy learns from. A sampled draft is taken as it
+        comes: choosing it by the value of its own tokens would bias the output."""
         plain = value(Draft())
         best, in_hand = Draft(), plain
         for name, drafter in self.drafters.items():
@@ -101,6 +102,8 @@ class AutoDrafter:
             if arm.max_tokens == 0 or self._promise(name, arm, budget, plain) < in_hand:
                 continue
             draft = drafter.propose(state, arm)
+            if draft.sampled:  # asked on promises alone; its tokens must not choose it
+                return draft
             worth = value(draft)
             if worth >= in_hand:
                 best, in_hand = draft, worth

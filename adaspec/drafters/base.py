@@ -25,6 +25,13 @@ class Draft:
     confidences: list[float] = field(default_factory=list)  # [k] drafter's P(accepted) estimate
     source: str = ""  # the drafter that proposed it, so policies can learn per drafter
 
+    @property
+    def sampled(self) -> bool:
+        """Whether the tokens were drawn at random from ``probs`` (a draft model under
+        sampling). Such a draft is verified as the drafter stopped it: cutting it afterwards
+        by its own tokens would bias the output (DESIGN.md rule 1, docs/methods.md)."""
+        return self.probs is not None
+
     def prefix(self, n: int) -> Draft:
         """The first n tokens (a policy may verify less than was drafted)."""
         if n >= len(self.tokens):
@@ -35,6 +42,7 @@ class Draft:
 
 @runtime_checkable
 class Drafter(Protocol):
+    name: ClassVar[str]  # its registry name (set by DRAFTERS.register)
     needs_draft_model: ClassVar[bool]  # cannot draft without a draft model
     uses_draft_model: ClassVar[bool]  # drafts with one when given (so do those that need one)
 
@@ -48,7 +56,10 @@ class Drafter(Protocol):
         ...
 
     def propose(self, state: DecodeState, budget: Budget) -> Draft:
-        """At most ``budget.max_tokens`` tokens to follow ``state.tokens``."""
+        """At most ``budget.max_tokens`` tokens to follow ``state.tokens``. A drafter that
+        samples its tokens decides whether to draw the next one only from what it knew
+        before drawing it (the tokens drawn so far, the next row's confidence): it may stop
+        as it goes (``budget.enough``), and what it returns is verified whole."""
         ...
 
     def observe(self, outcome: StepOutcome) -> None: ...

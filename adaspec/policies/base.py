@@ -76,7 +76,9 @@ class Policy(Protocol):
     def budget(self, state: DecodeState) -> Budget: ...
 
     def trim(self, draft: Draft) -> int:
-        """How many of the drafted tokens to verify (drafting is done, verifying is not)."""
+        """How many of the drafted tokens to verify (drafting is done, verifying is not).
+        Asked only for a draft that is a function of the committed text (``not
+        draft.sampled``): a sampled one is verified as its drafter stopped it."""
         ...
 
     def observe(self, outcome: StepOutcome) -> None: ...

@@ -167,9 +167,11 @@ class GoodputPolicy(PolicyDefaults):
         """The budget for one drafter, with the rate the policy expects of it."""
         draft_ms, acceptance = self._draft_ms(drafter), self.acceptance.rate(drafter)
         k, promise = self._rate(draft_ms, acceptance, self._setup_share(drafter))
-        if self._free(drafter):
-            return Budget(self._k_limit(), promise=promise)  # draft all, trim() decides
-        return Budget(k, promise=promise / DOUBT, stop=partial(self.stop_drafting, drafter, k))
+        free = self._free(drafter)
+        if free:  # draft all: trim() judges a lookup's tokens, stop() a sampled draft's
+            k = self._k_limit()
+        margin = 1.0 if free else DOUBT
+        return Budget(k, promise=promise / margin, stop=partial(self.stop_drafting, drafter, k))
 
     def stop_drafting(self, drafter: str, k: int, confidences: Sequence[float]) -> bool:
         """SpecDec++'s early stop, priced: whether no longer draft of at most k tokens

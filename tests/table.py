@@ -1,0 +1,128 @@
+"""A synthetic Backend whose logits are a table lookup on the last two tokens: microseconds
+a step, so a distribution test can afford 10^4 samples per configuration, and the exact
+target distribution of a few tokens is a product of table rows (enumerable).
+
+Each forward charges a scripted clock, so a cost-aware policy decides as it would on a
+machine with that cost curve, not on this process's overhead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from adaspec.config import SamplingParams
+from adaspec.sampling import probabilities
+
+
+class Clock:
+    """The engine's clock: time passes only when a backend charges a forward."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def gpu_like(n: int) -> float:
+    """Milliseconds of a forward over n positions where extra rows are nearly free."""
+    return 10.0 + 0.1 * n
+
+
+class TableBackend:
+    """Row for the token after ``..., a, b`` is ``table[a, b]`` (a = b for a one-token
+    context). Implements the Backend protocol without a tokenizer."""
+
+    name = "table"
+    tokenizer = None
+    threads = 1
+
+    def __init__(
+        self,
+        table: torch.Tensor,  # [vocab, vocab, vocab] logits
+        clock: Clock | None = None,
+        cost_ms: Callable[[int], float] = gpu_like,
+        label: str = "table",
+        weight_bytes: int = 1000,
+        eos: frozenset[int] = frozenset(),
+    ) -> None:
+        self.table = table
+        self.clock = clock
+        self.cost_ms = cost_ms
+        self.label = label
+        self._weight_bytes = weight_bytes
+        self._eos = eos
+        self.cache: list[int] = []
+
+    @property
+    def vocab_size(self) -> int:
+        return self.table.shape[-1]
+
+    @property
+    def weight_bytes(self) -> int:
+        return self._weight_bytes
+
+    @property
+    def context_length(self) -> int:
+        return 4096
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        return self._eos
+
+    @property
+    def length(self) -> int:
+        return len(self.cache)
+
+    def reset(self) -> None:
+        self.cache = []
+
+    def prefill(self, tokens: Sequence[int]) -> None:
+        self.cache.extend(tokens)
+
+    def score_prompt(self, tokens: Sequence[int]) -> torch.Tensor:
+        self.prefill(tokens)
+        return self.row(self.cache).clone()
+
+    def forward(self, tokens: Sequence[int]) -> torch.Tensor:
+        if self.clock is not None:
+            self.clock.now += self.cost_ms(len(tokens)) / 1000
+        start = len(self.cache)
+        self.cache.extend(tokens)
+        ends = range(start, len(self.cache))  # [k] positions of the new tokens
+        before = [self.cache[i - 1] if i else self.cache[i] for i in ends]
+        return self.table[before, self.cache[start:]]  # [k, vocab]
+
+    def forward_hidden(self, tokens: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.forward(tokens)
+        return logits, logits.float()
+
+    def rollback(self, length: int) -> None:
+        del self.cache[length:]
+
+    def row(self, context: Sequence[int]) -> torch.Tensor:
+        """The logits [vocab] scoring the token after ``context``."""
+        return self.table[context[-2] if len(context) > 1 else context[-1], context[-1]]
+
+
+def random_table(vocab: int, scale: float, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(vocab, vocab, vocab, generator=generator, dtype=torch.float64) * scale
+
+
+def exact_joint(
+    target: TableBackend, prompt: Sequence[int], params: SamplingParams, n: int
+) -> torch.Tensor:
+    """The target's own distribution of its first n tokens after the prompt, warped as
+    ``params`` say: [vocab] * n, by enumerating every sequence."""
+    vocab = target.vocab_size
+
+    def extend(context: list[int], depth: int) -> torch.Tensor:
+        p = probabilities(target.row(context)[None], params)[0].double()  # [vocab]
+        if depth == 1:
+            return p
+        return torch.stack([p[x] * extend([*context, x], depth - 1) for x in range(vocab)])
+
+    return extend(list(prompt), n)
