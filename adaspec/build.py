@@ -11,6 +11,7 @@ from adaspec.drafters import DRAFTERS
 from adaspec.engine import Engine
 from adaspec.errors import ConfigError
 from adaspec.policies import POLICIES
+from adaspec.profile import machine_profile
 
 
 def build_engine(
@@ -20,12 +21,16 @@ def build_engine(
     policy: str = "goodput",
     k: int | None = None,
     clock: Callable[[], float] = perf_counter,
+    time_costs: bool = True,
 ) -> Engine:
     """An Engine over loaded backends, the drafter and policy given by registry name. A
     drafter that cannot use a draft model is built without it; ``k`` is the policy's
-    draft-length knob (None: its default)."""
+    draft-length knob (None: its default). A policy that plans with costs finds them timed
+    on this machine (``time_costs=False``: a replay, whose costs are a given profile)."""
     drafter_cls, policy_cls = DRAFTERS.get(drafter), POLICIES.get(policy)
     if drafter_cls.needs_draft_model and draft is None:
         raise ConfigError(f"drafter {drafter!r} needs a draft model: pass --draft NAME_OR_PATH")
+    if policy_cls.uses_cost_profile and time_costs:
+        machine_profile(target, clock)  # timed once per model, CPU and threads, then saved
     made = drafter_cls.create(target, draft if drafter_cls.uses_draft_model else None)
     return Engine(target, made, policy_cls.create(k, target), clock=clock)

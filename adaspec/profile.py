@@ -23,6 +23,10 @@ from adaspec.models import cache_dir
 
 DEFAULT_KS = (1, 2, 3, 4, 6, 8, 12, 16)
 DEFAULT_CONTEXTS = (128, 512, 1024)
+# What a first load times when no profile is saved: the sizes goodput plans with first.
+QUICK_KS = (1, 2, 3, 4, 6, 8)
+QUICK_CONTEXT = 128
+QUICK_REPEATS = 3
 
 
 @dataclass(frozen=True)
@@ -90,12 +94,27 @@ def saved_profile(backend: Backend) -> CostProfile | None:
     return profile if profile.cpu in ("", cpu_name()) else None
 
 
+def machine_profile(backend: Backend, clock: Callable[[], float] = perf_counter) -> CostProfile:
+    """The profile saved for this model, backend, threads and CPU, or one timed now (forwards
+    over 1 to 8 positions after a short context: seconds, once) and saved. Without it a
+    process's first requests would learn what verifying costs by paying for drafts that
+    could not win (on a CPU, 2 positions cost twice one)."""
+    saved = saved_profile(backend)
+    if saved is not None:
+        return saved
+    context = max(1, min(QUICK_CONTEXT, backend.context_length - max(QUICK_KS) - 1))
+    profile = measure(backend, QUICK_KS, [context], QUICK_REPEATS, clock=clock)
+    profile.save()
+    return profile
+
+
 def measure(
     backend: Backend,
     ks: Sequence[int] = DEFAULT_KS,
     contexts: Sequence[int] = DEFAULT_CONTEXTS,
     repeats: int = 5,
     on_point: Callable[[int, int, float], None] | None = None,
+    clock: Callable[[], float] = perf_counter,
 ) -> CostProfile:
     """Time ``forward(k)`` after each context: one warm-up, then the median of repeats."""
     tokens = plain_tokens(backend.vocab_size, max(contexts))
@@ -106,7 +125,7 @@ def measure(
     for context in contexts:
         backend.reset()
         backend.prefill(tokens[:context])
-        times = [time_forward(backend, tokens[:k], context, repeats) for k in ks]
+        times = [time_forward(backend, tokens[:k], context, repeats, clock) for k in ks]
         table.append([round(statistics.median(t), 2) for t in times])
         spread.append([round(max(t) - min(t), 2) for t in times])
         for k, ms in zip(ks, table[-1], strict=True):
@@ -124,14 +143,20 @@ def measure(
     )
 
 
-def time_forward(backend: Backend, draft: list[int], context: int, repeats: int) -> list[float]:
+def time_forward(
+    backend: Backend,
+    draft: list[int],
+    context: int,
+    repeats: int,
+    clock: Callable[[], float] = perf_counter,
+) -> list[float]:
     """Milliseconds of ``repeats`` forwards over ``draft`` after ``context`` tokens (each
     rolled back), after one untimed warm-up."""
     times = []
     for i in range(repeats + 1):
-        started = perf_counter()
+        started = clock()
         float(backend.forward(draft)[-1, 0])  # reading a value waits for the device
-        elapsed = (perf_counter() - started) * 1000
+        elapsed = (clock() - started) * 1000
         backend.rollback(context)
         if i:  # the first run is the warm-up
             times.append(elapsed)

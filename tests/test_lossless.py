@@ -135,10 +135,12 @@ def trim_sensitive_pair(clock: Clock) -> tuple[TableBackend, TableBackend]:
 
     After the prompt the target says (0.5, 0.5), the draft (0.7, 0.3). A drafted 0 is
     followed by a draft row sure of itself (0.997) that the target agrees with; a drafted
-    1 by a uniform draft row that the target rejects. Two rows cost what one does and
-    three nearly twice as much, so goodput verifies a draft starting 0 whole, but nothing
-    of one starting 1: the first token is then verified only when it is 0, and comes out
-    0 with probability 0.7 * 0.5 / 0.7 + 0.3 * 0.5 = 0.65, not 0.5."""
+    1 by a uniform draft row that the target rejects. On a request's first step the
+    prefill gave the plain token for free, so any draft costs a whole forward and must
+    yield more than one token in expectation: goodput's look-ahead verifies a draft
+    starting 0 whole (about 0.7 * (1 + 0.99) > 1), but nothing of one starting 1 (0.7 *
+    (1 + 0.28) < 1). The first token is then verified only when it is 0, and comes out 0
+    with probability 0.7 * 0.5 / 0.7 + 0.3 * 0.5 = 0.65, not 0.5."""
     target_rows = rows(
         (0.97, 0.01, 0.01, 0.01), (0.01, 0.97, 0.01, 0.01), (0.25,) * 4, (0.5, 0.5, 0, 0)
     )
@@ -147,10 +149,10 @@ def trim_sensitive_pair(clock: Clock) -> tuple[TableBackend, TableBackend]:
     def by_last_token(table: torch.Tensor) -> torch.Tensor:
         return table[None].expand(VOCAB, VOCAB, VOCAB).clone()  # [before, last, vocab]
 
-    def two_rows_for_one(n: int) -> float:
-        return 10.0 if n <= 2 else 19.0 + n
+    def three_rows_for_one(n: int) -> float:
+        return 10.0 if n <= 3 else 30.0 + n
 
-    target = TableBackend(by_last_token(target_rows), clock, two_rows_for_one, "target")
+    target = TableBackend(by_last_token(target_rows), clock, three_rows_for_one, "target")
     draft = TableBackend(by_last_token(draft_rows), None, label="draft", weight_bytes=100)
     return target, draft
 

@@ -176,7 +176,7 @@ def replay(method: str, cases: Sequence[Case], profile: CostProfile) -> list[Rep
     clock = ScriptedClock()
     vocab = 1 + max(max(c.prompt + c.answer) for c in cases)
     target = ScriptedTarget(profile, clock, vocab)
-    engine = AdaspecMethod(method, target, None, clock=clock).engine
+    engine = AdaspecMethod(method, target, None, clock=clock, time_costs=False).engine
     replayed = []
     for case in cases:
         target.play(case)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
 from adaspec.backends.base import Backend
 from adaspec.errors import ConfigError
@@ -64,6 +64,8 @@ class Budget:
 
 @runtime_checkable
 class Policy(Protocol):
+    uses_cost_profile: ClassVar[bool]  # plans with what a forward costs on this machine
+
     @classmethod
     def create(cls, k: int | None, target: Backend) -> Policy:
         """Build for this target; k is the policy's draft-length knob (None: its default)."""
@@ -87,6 +89,8 @@ class Policy(Protocol):
 class PolicyDefaults:
     """The parts most policies leave alone: no target-specific set-up, nothing to forget
     between requests, every drafted token verified, nothing learned."""
+
+    uses_cost_profile: ClassVar[bool] = False
 
     @classmethod
     def create(cls, k: int | None, target: Backend) -> Policy:

@@ -82,6 +82,8 @@ def _best_prefix_and_rate(
 
 @POLICIES.register("goodput")
 class GoodputPolicy(PolicyDefaults):
+    uses_cost_profile = True
+
     def __init__(self, k: int = 8, profile: CostProfile | None = None) -> None:
         self.k_max = check_k(k)
         self.verify = VerifyCost(profile)
