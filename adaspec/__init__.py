@@ -1,9 +1,9 @@
 """adaspec: adaptive, lossless speculative decoding.
 
-from adaspec import load, GenerationConfig
+from adaspec import load
 engine = load()                      # default pair: Qwen2.5-Coder 1.5B + 0.5B draft
-prompt = engine.target.tokenizer.apply_chat([{"role": "user", "content": "Hi"}])
-result = engine.generate(prompt, GenerationConfig(max_new_tokens=64))
+result = engine.generate("Reverse a linked list in Python.", chat=True, max_new_tokens=64)
+print(result.text)
 """
 
 from adaspec.api import load, load_backend

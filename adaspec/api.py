@@ -8,7 +8,6 @@ from pathlib import Path
 from adaspec.backends import (
     BACKENDS,
     Backend,
-    Tokenizer,
     torch_hf,  # noqa: F401  (registers the torch backend)
 )
 from adaspec.build import build_engine
@@ -17,6 +16,7 @@ from adaspec.engine import Engine
 from adaspec.errors import ConfigError
 from adaspec.models import DEFAULT_DRAFT, DEFAULT_TARGET, resolve_model
 from adaspec.policies import POLICIES
+from adaspec.request import encode_prompt  # noqa: F401  (kept as adaspec.api.encode_prompt)
 
 # Registers the llama.cpp backend; without llama-cpp-python GGUF files go through torch.
 with contextlib.suppress(ImportError):
@@ -40,23 +40,19 @@ def load_backend(
     dtype: str | None = None,
     threads: int | None = None,
     drafting: bool = False,
+    context: int | None = None,
 ) -> Backend:
     """A backend for a named model, a ``.gguf`` file or a Hugging Face model folder;
     ``drafting``: to serve as a draft model (a backend may lay it out for one row at a time)."""
+    if threads is not None and threads < 1:
+        raise ConfigError(
+            f"--threads must be at least 1, got {threads}; leave it out for all cores"
+        )
     path = resolve_model(model)
     backend_cls = BACKENDS.get(choose_backend(path, backend))
-    return backend_cls.load(path, device=device, dtype=dtype, threads=threads, drafting=drafting)
-
-
-def encode_prompt(tokenizer: Tokenizer | None, text: str, chat: bool) -> list[int]:
-    """Token ids of a prompt, through the model's chat template when ``chat`` is set."""
-    if not text.strip():
-        raise ConfigError("the prompt is empty; give some text to continue")
-    if tokenizer is None:
-        raise ConfigError("this model has no tokenizer; pass token ids instead of text")
-    if chat:
-        return tokenizer.apply_chat([{"role": "user", "content": text}])
-    return tokenizer.encode(text)
+    return backend_cls.load(
+        path, device=device, dtype=dtype, threads=threads, drafting=drafting, context=context
+    )
 
 
 def _draft_for(target: str | Path, draft: str | Path | None, usable: bool) -> str | Path | None:
@@ -79,6 +75,7 @@ def load(
     device: str | None = None,
     dtype: str | None = None,
     threads: int | None = None,
+    context: int | None = None,
 ) -> Engine:
     """An Engine for a target (and optional draft model) given by name or path.
 
@@ -89,17 +86,18 @@ def load(
     pays is auto's to find out on this machine: on a CPU running torch it does, under
     llama.cpp (where it costs half a target step) its guessed cost rules it out and it is
     not asked.
-    ``k`` is the policy's draft-length knob (None: the policy's default).
+    ``k`` is the policy's draft-length knob (None: the policy's default); ``context`` the
+    tokens of context to reserve (None: as much as fits in memory, up to the model's own).
     """
     drafter_cls = DRAFTERS.get(drafter)
     POLICIES.get(policy)  # an unknown name fails before any model loads
     draft = _draft_for(target, draft, drafter_cls.uses_draft_model)
     if drafter_cls.needs_draft_model and draft is None:
         raise ConfigError(f"drafter {drafter!r} needs a draft model: pass --draft NAME_OR_PATH")
-    target_backend = load_backend(target, backend, device, dtype, threads)
+    target_backend = load_backend(target, backend, device, dtype, threads, context=context)
     draft_model = None
     if draft is not None:  # named, or the default pair's for a drafter that uses one
         draft_model = load_backend(
-            draft, draft_backend or backend, device, dtype, threads, drafting=True
+            draft, draft_backend or backend, device, dtype, threads, True, context
         )
     return build_engine(target_backend, draft_model, drafter, policy, k)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, TypeVar
 
@@ -13,12 +15,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from adaspec import models
+from adaspec import __version__, models
 from adaspec.api import encode_prompt, load
 from adaspec.bench.harness import DEFAULT_METHODS
 from adaspec.config import GenerationConfig, SamplingParams
+from adaspec.drafters import DRAFTERS
 from adaspec.engine import Engine
-from adaspec.errors import AdaspecError
+from adaspec.errors import AdaspecError, ConfigError
+from adaspec.policies import POLICIES
 from adaspec.textstream import TextStream
 
 app = typer.Typer(
@@ -33,7 +37,11 @@ F = TypeVar("F", bound=Callable)
 
 
 # Options several commands share, defined once so their help cannot drift apart.
-Threads = Annotated[int | None, typer.Option(help="CPU threads (default: all cores).")]
+Threads = Annotated[int | None, typer.Option(help="CPU threads, at least 1 (default: all cores).")]
+Context = Annotated[
+    int | None,
+    typer.Option(help="Tokens of context to reserve (default: what fits, up to the model's)."),
+]
 Device = Annotated[str | None, typer.Option(help="torch device (default: cuda if present).")]
 Dtype = Annotated[
     str | None, typer.Option(help="torch dtype: float32 (default) | bfloat16 | float16.")
@@ -52,6 +60,55 @@ def user_errors(command: F) -> F:
             raise typer.Exit(1) from None
 
     return run  # type: ignore[return-value]
+
+
+def read_prompt(prompt: str) -> str:
+    """The prompt argument, or standard input for '-', refused unless it is valid UTF-8."""
+    if prompt == "-":
+        data = sys.stdin.buffer.read()
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(
+                f"the prompt on stdin is not valid UTF-8 (byte {e.start}); "
+                "convert it first, e.g. `iconv -f latin1 -t utf-8`"
+            ) from None
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:  # bytes the shell passed that are not UTF-8
+        raise ConfigError("the prompt is not valid UTF-8; convert it to UTF-8 first") from None
+    return prompt
+
+
+def show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"adaspec {__version__}")
+        raise typer.Exit()
+
+
+class _StderrLines(logging.Handler):
+    """adaspec's progress messages (a conversion that takes minutes) as dim stderr lines."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        err.print(f"[dim]{record.getMessage()}[/]", highlight=False, soft_wrap=True)
+
+
+def _show_progress_messages() -> None:
+    logger = logging.getLogger("adaspec")
+    if not any(isinstance(h, _StderrLines) for h in logger.handlers):
+        logger.addHandler(_StderrLines())
+    logger.setLevel(logging.INFO)
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=show_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Adaptive, lossless speculative decoding: faster generation, identical output."""
+    _show_progress_messages()
 
 
 @app.command()
@@ -78,15 +135,15 @@ def generate(
     drafter: Annotated[
         str,
         typer.Option(
-            help="auto (a bandit over the drafters available: n-gram lookup, and the draft "
-            "model where there is one) | ngram | model | none."
+            help=f"{' | '.join(DRAFTERS.names())}. auto: a bandit over the drafters available "
+            "(n-gram lookup, and the draft model where there is one)."
         ),
     ] = "auto",
     policy: Annotated[
         str,
         typer.Option(
-            help="goodput (speculate only as much as pays on this machine) | confidence | "
-            "heuristic | fixed."
+            help=f"{' | '.join(POLICIES.names())}. goodput: speculate only as much as pays on "
+            "this machine."
         ),
     ] = "goodput",
     k: Annotated[
@@ -109,14 +166,25 @@ def generate(
     device: Device = None,
     dtype: Dtype = None,
     threads: Threads = None,
+    context: Context = None,
 ) -> None:
     """Generate text from a prompt, streaming it, then print one line of statistics."""
-    text = sys.stdin.read() if prompt == "-" else prompt
+    text = read_prompt(prompt)
     sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)
     config = GenerationConfig(max_new_tokens=max_new_tokens, sampling=sampling, seed=seed)
     with err.status(f"loading {target}" + (f" and {draft}" if draft else "")):
         engine = load(
-            target, draft, drafter, policy, k, backend, draft_backend, device, dtype, threads
+            target,
+            draft,
+            drafter,
+            policy,
+            k,
+            backend,
+            draft_backend,
+            device,
+            dtype,
+            threads,
+            context,
         )
     ids = encode_prompt(engine.target.tokenizer, text, chat)
     if as_json:
@@ -164,6 +232,7 @@ def profile(
     repeats: Annotated[int, typer.Option(help="Timed repeats per point (after a warm-up).")] = 5,
     threads: Threads = None,
     device: Device = None,
+    context: Context = None,
 ) -> None:
     """Time the target's forward over k new tokens; print the table and save it as JSON."""
     from adaspec.api import load_backend
@@ -173,7 +242,7 @@ def profile(
     if repeats < 1:
         raise AdaspecError(f"--repeats must be >= 1, got {repeats}")
     with err.status(f"loading {target}"):
-        model = load_backend(target, backend, device=device, threads=threads)
+        model = load_backend(target, backend, device=device, threads=threads, context=context)
     if max(context_list) + max(k_list) > model.context_length:
         raise AdaspecError(f"contexts exceed the model's {model.context_length}-token context")
     with err.status("timing forward(k)") as status:
@@ -221,10 +290,9 @@ def bench(
     dtype: Dtype = None,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("bench-out"),
     resume: Annotated[bool, typer.Option(help="Keep the runs already in OUT/runs.jsonl.")] = False,
+    context: Context = None,
 ) -> None:
     """Spec-Bench on the model pair: adaspec methods and peers side by side, one report."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
     from adaspec.bench.harness import BenchOptions, check_methods, run_bench
     from adaspec.bench.questions import default_questions_path
 
@@ -249,7 +317,27 @@ def bench(
         dtype=dtype,
         out=out,
         resume=resume,
+        context=context,
     )
+    with bench_progress() as on_tick:
+        outcome = run_bench(options, on_tick)
+    Console().print(outcome.markdown, markup=False, highlight=False)
+    err.print(
+        f"wrote {outcome.report_path}, results.json, speedup.png, accepted.png in {options.out}"
+    )
+    if outcome.problems:
+        err.print(f"[bold red]error:[/] {len(outcome.problems)} run(s) differ from plain decoding")
+        raise typer.Exit(1)
+
+
+@contextmanager
+def bench_progress() -> Iterator[Callable]:
+    """A bar on a terminal; elsewhere (a log, CI) one line per finished run."""
+    if not err.is_terminal:
+        yield _print_finished
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
     columns = [
         TextColumn("{task.description}"),
         BarColumn(),
@@ -258,19 +346,22 @@ def bench(
     ]
     with Progress(*columns, console=err) as progress:
         task = progress.add_task("loading models", total=None)
-        outcome = run_bench(
-            options,
-            lambda tick: progress.update(
-                task, completed=tick.done, total=tick.total, description=tick.label
-            ),
+        yield lambda tick: progress.update(
+            task, completed=tick.done, total=tick.total, description=tick.label
         )
-    Console().print(outcome.markdown, markup=False, highlight=False)
+
+
+def _print_finished(tick) -> None:
+    run = tick.finished
+    if run is None or tick.done == 0:
+        return
+    rate = run.new_tokens / run.wall_s if run.wall_s > 0 else 0.0
     err.print(
-        f"wrote {outcome.report_path}, results.json, speedup.png, accepted.png in {options.out}"
+        f"[{tick.done}/{tick.total}] {run.method} q{run.question_id} {run.category} "
+        f"repeat {run.repeat}: {run.new_tokens} tokens, {rate:.2f} tok/s",
+        highlight=False,
+        soft_wrap=True,
     )
-    if outcome.problems:
-        err.print(f"[bold red]error:[/] {len(outcome.problems)} run(s) differ from plain decoding")
-        raise typer.Exit(1)
 
 
 @app.command()
@@ -329,6 +420,7 @@ def train_head(
     steps: Annotated[int, typer.Option(help="Training steps (full batch).")] = 400,
     backend: Annotated[str, typer.Option(help="auto | llama.cpp | torch")] = "auto",
     threads: Threads = None,
+    context: Context = None,
     out: Annotated[
         Path | None, typer.Option(help="Where to save (default: beside the draft model).")
     ] = None,
@@ -350,11 +442,17 @@ def train_head(
         raise AdaspecError("fewer than 4 prompts left after the held-out ones; pass more --data")
     with err.status(f"loading {target} and {draft}"):
         engine = load(
-            target, draft="none", drafter="auto", policy="goodput", backend=backend, threads=threads
+            target,
+            draft="none",
+            drafter="auto",
+            policy="goodput",
+            backend=backend,
+            threads=threads,
+            context=context,
         )
         # As it will draft (bf16 on a CPU with bf16 instructions): the head learns the
         # hidden states it will read.
-        draft_model = load_backend(draft, backend, threads=threads, drafting=True)
+        draft_model = load_backend(draft, backend, threads=threads, drafting=True, context=context)
     ids = [encode_prompt(engine.target.tokenizer, q.prompt, chat=True) for q in chosen]
     with err.status("running the pair") as status:
         samples = collect(

@@ -11,6 +11,7 @@ import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from time import perf_counter
+from typing import Any
 
 import torch
 
@@ -19,6 +20,7 @@ from adaspec.config import GenerationConfig
 from adaspec.drafters.base import Draft, Drafter
 from adaspec.errors import ConfigError
 from adaspec.policies.base import Policy
+from adaspec.request import prompt_ids, request_config
 from adaspec.state import DecodeState
 from adaspec.stats import GenerationStats, StepOutcome
 from adaspec.verify import verify
@@ -108,11 +110,30 @@ class Engine:
         self.policy = policy
         self.clock = clock
 
-    def stream(self, prompt: Sequence[int], config: GenerationConfig) -> Generation:
-        return Generation(self, prompt, config)
+    def stream(
+        self,
+        prompt: str | Sequence[int],
+        config: GenerationConfig | None = None,
+        *,
+        chat: bool = False,
+        **options: Any,
+    ) -> Generation:
+        """A request to iterate: each step's new token ids. ``prompt`` is text (formatted as
+        a chat turn with ``chat=True``) or token ids; ``options`` are HF-style keywords
+        (max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos) over ``config``."""
+        ids = prompt_ids(self.target.tokenizer, prompt, chat)
+        return Generation(self, ids, request_config(config, options))
 
-    def generate(self, prompt: Sequence[int], config: GenerationConfig) -> GenerationResult:
-        return self.stream(prompt, config).result()
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        config: GenerationConfig | None = None,
+        *,
+        chat: bool = False,
+        **options: Any,
+    ) -> GenerationResult:
+        """``stream`` drained: the whole result, its text and statistics."""
+        return self.stream(prompt, config, chat=chat, **options).result()
 
     def check_request(self, prompt: Sequence[int], config: GenerationConfig) -> None:
         if not prompt:

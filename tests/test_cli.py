@@ -145,11 +145,32 @@ def test_model_drafter_without_draft(model_dir):
         (["hi", "--drafter", "magic"], "unknown drafter"),
         (["hi", "--backend", "magic"], "unknown backend"),
         (["hi", "--dtype", "int3"], "dtype"),
+        (["hi", "--threads", "0"], "--threads"),
+        (["hi", "--context", "100000"], "exceeds the model's own context"),
     ],
 )
 def test_bad_values(model_dir, args, fragment):
     prompt, *rest = args
     assert_one_line_error(run("generate", prompt, "--target", str(model_dir), *rest), fragment)
+
+
+def test_a_prompt_on_stdin_that_is_not_utf8(model_dir):
+    result = runner.invoke(app, ["generate", "-", "--target", str(model_dir)], input=b"\xff\xfe")
+    assert_one_line_error(result, "not valid UTF-8")
+
+
+def test_version():
+    result = run("--version")
+    assert result.exit_code == 0 and result.stdout.startswith("adaspec ")
+
+
+def test_help_lists_every_registered_drafter_and_policy():
+    from adaspec.drafters import DRAFTERS
+    from adaspec.policies import POLICIES
+
+    text = " ".join(run("generate", "--help").stdout.split())
+    for name in [*DRAFTERS.names(), *POLICIES.names()]:
+        assert name in text
 
 
 def test_models_list(tmp_path):

@@ -220,3 +220,24 @@ def test_speculative_sampling_through_a_real_cache_matches_the_target(sharp_pair
     test = chi_square(counts, exact)
     assert test.detectable_tv() < 0.13
     assert test.p_value > ALPHA, test
+
+
+def test_text_and_keyword_options_as_hf_pipelines_take_them(model_dir):
+    from adaspec import load
+    from adaspec.api import encode_prompt
+
+    engine = load(model_dir, drafter="ngram", policy="heuristic")
+    ids = encode_prompt(engine.target.tokenizer, "def reverse(head):", chat=True)
+    want = engine.generate(ids, GenerationConfig(max_new_tokens=8)).token_ids
+    assert engine.generate("def reverse(head):", chat=True, max_new_tokens=8).token_ids == want
+    streamed = engine.stream("def reverse(head):", chat=True, max_new_tokens=8)
+    assert [t for new in streamed for t in new] == want
+    sampled = engine.generate(ids, max_new_tokens=8, temperature=0.7, top_p=0.9, seed=3)
+    assert (
+        sampled.token_ids
+        == engine.generate(ids, max_new_tokens=8, temperature=0.7, top_p=0.9, seed=3).token_ids
+    )
+    with pytest.raises(ConfigError, match="unknown option"):
+        engine.generate("hi", max_tokens=8)
+    with pytest.raises(ConfigError, match="as text"):
+        engine.generate(ids, chat=True)

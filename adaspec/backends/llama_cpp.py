@@ -20,6 +20,7 @@ import torch
 from transformers.utils.chat_template_utils import render_jinja_template
 
 from adaspec.backends.base import BACKENDS
+from adaspec.backends.context import context_size
 from adaspec.errors import ModelError
 from adaspec.models import check_gguf_file
 
@@ -62,6 +63,14 @@ class _ModelHandle:
             raise ModelError(f"llama.cpp could not load {path}; is it a complete GGUF model?")
         self.vocab = lc.llama_model_get_vocab(self.ptr)
         self.n_vocab = lc.llama_vocab_n_tokens(self.vocab)
+        self.n_ctx_train = lc.llama_model_n_ctx_train(self.ptr)
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """An f16 key and value per layer and KV head."""
+        head_dim = lc.llama_model_n_embd(self.ptr) // lc.llama_model_n_head(self.ptr)
+        kv_heads = lc.llama_model_n_head_kv(self.ptr)
+        return lc.llama_model_n_layer(self.ptr) * 2 * kv_heads * head_dim * 2
 
     def __del__(self) -> None:
         if getattr(self, "ptr", None):
@@ -121,7 +130,11 @@ class LlamaCppBackend:
     name = "llama.cpp"
 
     def __init__(
-        self, path: Path, n_ctx: int = 4096, threads: int | None = None, n_batch: int = 512
+        self,
+        path: Path,
+        context: int | None = None,
+        threads: int | None = None,
+        n_batch: int = 512,
     ) -> None:
         check_gguf_file(path)
         lc.llama_log_set(_quiet, ctypes.c_void_p())
@@ -136,6 +149,7 @@ class LlamaCppBackend:
                 stacklevel=2,
             )
         self._model = _ModelHandle(path)
+        n_ctx = context_size(context, self._model.n_ctx_train, self._model.kv_bytes_per_token)
         self._ctx = lc.llama_init_from_model(self._model.ptr, self._context_params(n_ctx, n_batch))
         if not self._ctx:
             raise ModelError(f"llama.cpp could not create a {n_ctx}-token context for {path}")

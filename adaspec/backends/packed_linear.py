@@ -4,18 +4,9 @@
 PyTorch's default CPU matmul (MKL, dense weights) can score k rows at close to k times the
 cost of one, which leaves drafts nothing to win. oneDNN with the weights reordered once into
 its blocked layout reads each weight once per forward for the whole batch. Which of the two
-is faster for one to three rows, and for long prefills, depends on the CPU (measured, two
-threads, whole default 1.5B target, forward over k rows after 128 tokens, ms):
-
-| CPU, layout | k = 1 | 2 | 3 | 4 | 8 | 700-row prefill |
-|---|---|---|---|---|---|---|
-| Intel Xeon (Sapphire Rapids), packed | 238 | 286 | 295 | 302 | 337 | 6.4 s (671 rows) |
-| Intel Xeon, dense (a fresh copy) | 209 | 230 | 233 | 465 | 639 | 4.9 s (671 rows) |
-| AMD EPYC, packed | 311 | 383 | 340 | 354 | 438 | 9.6 s |
-| AMD EPYC, dense (a fresh copy) | 494 | 914 | 1859 | 1074 | 864 | 12.1 s |
-
-So a ``Layout`` says which row counts each layer serves from which copy, and only the copies
-it uses are kept (both: twice the weight memory, 12.4 GB for the 1.5B target in fp32).
+is faster for one to three rows, and for long prefills, depends on the CPU (measurements:
+docs/exactness.md). So a ``Layout`` says which row counts each layer serves from which copy,
+and only the copies it uses are kept (both: twice the weight memory).
 ``adaspec.backends.layout_timing`` chooses it per machine. The arithmetic is the same fp32
 dot products in another order: rows of a batched forward agree with one-token forwards to
 about 1e-4 in the logits, as with MKL alone.
@@ -54,7 +45,7 @@ class Layout:
 
 PACKED = Layout()
 DENSE = Layout(dense_from=1)
-# Where nothing was timed: what the Intel Xeon above favours (it keeps both copies).
+# Where nothing was timed: what an Intel Xeon (Sapphire Rapids) favours; it keeps both copies.
 XEON = Layout(frozenset({1, 2, 3}), PREFILL_ROWS)
 
 
@@ -75,8 +66,8 @@ class PackedLinear(nn.Module):
         self.bias = None if linear.bias is None else linear.bias.detach().clone()  # [out]
         weight = linear.weight.detach()  # [out, in]
         self.packed = weight.to_mkldnn() if layout.uses_packed else None  # oneDNN layout
-        # A fresh copy: transformers maps weights from the safetensors file at offsets that
-        # are not even 64-byte aligned, and they read 30% slower than a new allocation.
+        # A fresh copy: transformers maps weights from the safetensors file at unaligned
+        # offsets, which read slower than a new allocation (docs/exactness.md).
         self.dense = weight.clone() if layout.uses_dense else None
         self.layout = layout
 

@@ -1,15 +1,17 @@
 """Hugging Face causal LMs in PyTorch, on CPU or CUDA, from a model folder or a GGUF file.
 
-GGUF files are de-quantized by transformers' GGUF loader, which takes about a minute for a
-1.5B model on two cores; the result is saved once as safetensors under the cache directory
-so that every later load is a plain, fast ``from_pretrained``.
+GGUF files are de-quantized by transformers' GGUF loader, which is slow; the result is
+saved once as safetensors under the cache directory so that every later load is a plain,
+fast ``from_pretrained``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Sequence
 from pathlib import Path
+from time import perf_counter
 
 import torch
 from safetensors.torch import save_model
@@ -17,9 +19,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreT
 from transformers.utils import logging as hf_logging
 
 from adaspec.backends.base import BACKENDS
+from adaspec.backends.context import context_size
 from adaspec.backends.layout_timing import place_weights
 from adaspec.errors import ModelError
 from adaspec.models import cache_dir, check_gguf_file
+
+log = logging.getLogger(__name__)  # the CLI shows adaspec's INFO lines on stderr
 
 
 class HFTokenizer:
@@ -59,6 +64,7 @@ class TorchBackend:
         self, model: PreTrainedModel, tokenizer: HFTokenizer | None = None, label: str = "model"
     ) -> None:
         self.model = model.eval()
+        self.max_context: int | None = None  # --context, below the model's own
         self.tokenizer = tokenizer
         self.label = label
         self.device = next(model.parameters()).device
@@ -74,14 +80,14 @@ class TorchBackend:
         dtype: str | None = None,
         threads: int | None = None,
         drafting: bool = False,
+        context: int | None = None,
     ) -> TorchBackend:
         """A backend for a model folder or a ``.gguf`` file (converted once, then cached).
         On a CPU in fp32 its linear layers take the weight layout this machine runs fastest
         (timed once, see layout_timing). A model loaded for ``drafting`` runs one row at a
         time (and its prompt once), so it keeps one copy of each weight, the faster for one
-        row: two would double its memory for nothing (the default pair in one process then
-        fits in 24 GB beside the peers); on a CPU with bf16 instructions it runs in bf16
-        (see _dtype)."""
+        row: two would double its memory for nothing; on a CPU with bf16 instructions it
+        runs in bf16 (see _dtype)."""
         if threads:
             torch.set_num_threads(threads)  # process-wide: torch has no per-model threads
         hf_logging.disable_progress_bar()  # the CLI shows its own status; keep stderr clean
@@ -93,6 +99,8 @@ class TorchBackend:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype).to(device)
         backend = cls(model, HFTokenizer(AutoTokenizer.from_pretrained(folder)), label=str(path))
         place_weights(backend, drafting)  # fp32 on CPU only: verifying k rows costs ~one
+        if context is not None:  # the cache grows as it goes: nothing to reserve
+            backend.max_context = context_size(context, backend.context_length, 1)
         return backend
 
     @property
@@ -105,7 +113,8 @@ class TorchBackend:
 
     @property
     def context_length(self) -> int:
-        return int(getattr(self.model.config, "max_position_embeddings", 2048))
+        own = int(getattr(self.model.config, "max_position_embeddings", 2048))
+        return min(own, self.max_context) if self.max_context else own
 
     @property
     def eos_token_ids(self) -> frozenset[int]:
@@ -151,7 +160,7 @@ class TorchBackend:
         ids = torch.tensor([list(tokens)], dtype=torch.long, device=self.device)  # [1, k]
         return self.model(
             input_ids=ids,
-            past_key_values=self._cache,
+            cache=self._cache,
             use_cache=True,
             logits_to_keep=logits_to_keep,
             **options,
@@ -168,14 +177,11 @@ def _dtype(name: str | None, device: str, drafting: bool = False) -> torch.dtype
 
     bf16 and fp16 GPU kernels are not batch-invariant: scoring k tokens in one forward rounds
     differently from k one-token steps, so at near-ties greedy speculation can pick another
-    token than plain decoding. On an H100 in bf16, ngram:heuristic differed from plain decoding
-    on 2 of 13 Spec-Bench questions; in fp32 every id matched, and this 1.5B model decoded no
-    slower (a step is bound by kernel launches, not arithmetic). On CPU fp32 is also faster,
-    except where the CPU has bf16 instructions. A draft model's rounding never reaches the
-    output (the target verifies every token it drafts), only its cost does: on an AMD EPYC
-    (Zen 4, AVX512-BF16) the default pair's 0.5B draft ran a token in 84 ms in bf16 against
-    123 ms in fp32, a 2-token catch-up in 79 against 197, and a 671-token prompt in 1.8 s
-    against 4.1 s. Without those instructions torch emulates bf16, slower than fp32.
+    token than plain decoding; a small model's step is bound by kernel launches, so fp32
+    costs little there. A draft model's rounding never reaches the output (the target
+    verifies every token it drafts), only its cost does, and where the CPU multiplies bf16
+    in hardware bf16 is the faster; elsewhere torch emulates it. Measurements:
+    docs/exactness.md.
     """
     if name is None:
         fast_bf16 = drafting and device == "cpu" and cpu_has_bf16()
@@ -213,6 +219,8 @@ def converted_gguf_folder(gguf: Path) -> Path:
     folder = cache_dir() / "converted" / f"{gguf.stem}-{_fingerprint(gguf)}"
     if (folder / "config.json").is_file():
         return folder
+    log.info("converting %s to fp32 for torch, once (minutes on a CPU)", gguf.name)
+    started = perf_counter()
     model = AutoModelForCausalLM.from_pretrained(
         gguf.parent, gguf_file=gguf.name, dtype=torch.float32
     )
@@ -221,6 +229,7 @@ def converted_gguf_folder(gguf: Path) -> Path:
     _save_dequantized(model, partial)
     tokenizer.save_pretrained(partial)
     partial.rename(folder)
+    log.info("converted %s in %.0f s: %s", gguf.name, perf_counter() - started, folder)
     return folder
 
 

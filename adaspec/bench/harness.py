@@ -11,7 +11,7 @@ from pathlib import Path
 from adaspec.api import encode_prompt, load_backend
 from adaspec.bench import peers as peer_factories
 from adaspec.bench import report
-from adaspec.bench.methods import AdaspecMethod, Method
+from adaspec.bench.methods import AdaspecMethod, Method, PeerGroup
 from adaspec.bench.questions import load_questions, select
 from adaspec.bench.runner import Tick, measure
 from adaspec.errors import ConfigError
@@ -43,6 +43,7 @@ class BenchOptions:
     dtype: str | None = None
     out: Path = Path("bench-out")
     resume: bool = False
+    context: int | None = None
 
 
 @dataclass
@@ -61,8 +62,7 @@ def run_bench(
     uses_draft = any(AdaspecMethod.uses_draft(m) for m in methods_spec)
     draft = _load(options, options.draft, drafting=True) if uses_draft and options.draft else None
     methods: list[Method] = [AdaspecMethod(m, target, draft, options.k) for m in methods_spec]
-    peers, notes = _peers(options, target, draft) if options.peers else ([], [])
-    methods += peers
+    groups, notes = _peers(options, target, draft) if options.peers else ([], [])
     runs = measure(
         methods,
         questions,
@@ -72,15 +72,18 @@ def run_bench(
         options.out,
         options.resume,
         on_tick,
+        groups,
     )
     cells = report.table(runs)
     problems = report.mismatches(runs, BASELINE)
     meta = _meta(options, target, len(questions), notes)
+    meta["peak_rss_mb"] = max((r.peak_rss_mb for r in runs), default=0.0)
     report.write_results(options.out / "results.json", runs, meta)
     report.plots(options.out, cells, runs, BASELINE)
     noise = report.repeat_noise(runs, BASELINE)
     header = _header(meta, notes)
-    text = report.markdown(cells, BASELINE, [p.name for p in peers], problems, header, noise)
+    peer_names = [name for group in groups for name in group.names]
+    text = report.markdown(cells, BASELINE, peer_names, problems, header, noise)
     path = options.out / "report.md"
     path.write_text(text)
     return BenchOutcome(path, problems, text)
@@ -88,11 +91,17 @@ def run_bench(
 
 def _load(options: BenchOptions, model: str, drafting: bool = False):
     return load_backend(
-        model, options.backend, options.device, options.dtype, options.threads, drafting
+        model,
+        options.backend,
+        options.device,
+        options.dtype,
+        options.threads,
+        drafting,
+        options.context,
     )
 
 
-def _peers(options: BenchOptions, target, draft) -> tuple[list[Method], list[str]]:
+def _peers(options: BenchOptions, target, draft) -> tuple[list[PeerGroup], list[str]]:
     target_path = resolve_model(options.target)
     if target.name == "llama.cpp":
         return peer_factories.llama_cpp_peers(target_path, target.threads, target.context_length)
@@ -140,7 +149,9 @@ def _header(meta: dict, notes: list[str]) -> str:
         f"{meta['max_new_tokens']} new tokens at most, "
         f"{meta['repeats']} repeat(s) after a warm-up, "
         f"methods interleaved per question. Backend {meta['backend']} on {meta['device']}, "
-        f"{meta['threads']} CPU threads, {meta['machine']['processor']}.",
+        f"{meta['threads']} CPU threads, {meta['machine']['processor']}. "
+        f"Peak memory (RSS) of the bench process: {meta['peak_rss_mb']:.0f} MB; each peer's "
+        "models are loaded only while that peer runs.",
     ]
     lines += [f"- note: {n}" for n in notes]
     return "\n".join(lines)

@@ -6,11 +6,15 @@ Every method turns prompt token ids into a Run. adaspec methods share one loaded
 
 from __future__ import annotations
 
+import gc
 import resource
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Protocol
+
+import torch
 
 from adaspec.backends.base import Backend
 from adaspec.build import build_engine
@@ -64,10 +68,12 @@ class AdaspecMethod:
         draft: Backend | None,
         k: int | None = None,
         clock: Callable[[], float] = perf_counter,
+        time_costs: bool = True,
     ) -> None:
         self.name = spec
         drafter, _, policy = spec.partition(":")
-        self.engine = build_engine(target, draft, drafter, policy or "goodput", k, clock)
+        policy = policy or "goodput"
+        self.engine = build_engine(target, draft, drafter, policy, k, clock, time_costs)
 
     @staticmethod
     def parse(spec: str) -> tuple[type, type]:
@@ -107,3 +113,24 @@ class TimedPeer:
         started = perf_counter()
         new_tokens = self.generate(prompt, max_new_tokens)
         return {"new_tokens": new_tokens, "wall_s": perf_counter() - started}
+
+
+@dataclass
+class PeerGroup:
+    """Peers that share loaded models (one library's copy of the pair). Loaded when their
+    turn comes and freed after it, so the bench never holds every library's copy at once
+    (the transformers peers beside adaspec's torch models once took 21 of 24 GB)."""
+
+    names: list[str]
+    load: Callable[[], list[TimedPeer]]
+
+    @contextmanager
+    def loaded(self) -> Iterator[list[TimedPeer]]:
+        peers = self.load()
+        try:
+            yield peers
+        finally:
+            peers.clear()  # the caller's reference goes empty: the models can be freed
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()

@@ -5,28 +5,29 @@ A peer whose library is missing is skipped with a note; nothing is ever simulate
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from unittest import mock
 
 import torch
 
-from adaspec.bench.methods import TimedPeer
+from adaspec.bench.methods import PeerGroup, TimedPeer
 
 
 def llama_cpp_peers(
     model: Path, threads: int, n_ctx: int, lookup: tuple[int, ...] = (10,)
-) -> tuple[list[TimedPeer], list[str]]:
+) -> tuple[list[PeerGroup], list[str]]:
     """llama-cpp-python's own ``create_completion``, plain and with its prompt-lookup draft
-    (``LlamaPromptLookupDecoding``'s default of 10 tokens)."""
+    (``LlamaPromptLookupDecoding``'s default of 10 tokens); each loads its own model."""
     try:
         from llama_cpp import Llama
         from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
     except ImportError:
         return [], ["llama-cpp-python peers skipped: llama-cpp-python is not installed"]
 
-    def make(draft) -> TimedPeer:
+    def make(draft):
         with _without_repacked_weights():
             llm = Llama(
                 str(model),
@@ -45,14 +46,14 @@ def llama_cpp_peers(
 
         return generate
 
-    peers = [TimedPeer("llama-cpp-python", make(None))]
+    def group(name: str, draft_of: Callable[[], object | None]) -> PeerGroup:
+        return PeerGroup([name], lambda: [TimedPeer(name, make(draft_of()))])
+
+    groups = [group("llama-cpp-python", lambda: None)]
     for n in lookup:
-        peers.append(
-            TimedPeer(
-                f"llama-cpp-python:lookup{n}", make(LlamaPromptLookupDecoding(num_pred_tokens=n))
-            )
-        )
-    return peers, []
+        draft = partial(LlamaPromptLookupDecoding, num_pred_tokens=n)
+        groups.append(group(f"llama-cpp-python:lookup{n}", draft))
+    return groups, []
 
 
 @contextmanager
@@ -80,12 +81,29 @@ def transformers_peers(
     device: torch.device | str = "cpu",
     dtype: torch.dtype | None = None,
     lookup: int = 10,
-) -> tuple[list[TimedPeer], list[str]]:
-    """Hugging Face ``generate()``: plain, ``assistant_model=``, ``prompt_lookup_num_tokens=``.
+) -> tuple[list[PeerGroup], list[str]]:
+    """Hugging Face ``generate()``: plain, ``assistant_model=``, ``prompt_lookup_num_tokens=``,
+    sharing one loaded target.
 
     They run on adaspec's device and dtype: a peer on another device measures the hardware,
     not the method. ``draft`` is a folder, or the draft model adaspec already holds (loaded
     as transformers loads it): the same weights are not held twice."""
+    names = ["transformers"]
+    if draft is not None:
+        names.append("transformers:assisted")
+    names.append(f"transformers:lookup{lookup}")
+    notes = [] if draft is not None else ["transformers:assisted skipped: no draft model"]
+    load = partial(_transformers_group, target_folder, draft, device, dtype, lookup)
+    return [PeerGroup(names, load)], notes
+
+
+def _transformers_group(
+    target_folder: Path,
+    draft: Path | torch.nn.Module | None,
+    device: torch.device | str,
+    dtype: torch.dtype | None,
+    lookup: int,
+) -> list[TimedPeer]:
     from transformers import AutoModelForCausalLM
 
     def load(folder: Path):
@@ -109,5 +127,4 @@ def transformers_peers(
     if draft is not None:
         peers.append(TimedPeer("transformers:assisted", make(assistant_model=draft)))
     peers.append(TimedPeer(f"transformers:lookup{lookup}", make(prompt_lookup_num_tokens=lookup)))
-    notes = [] if draft is not None else ["transformers:assisted skipped: no draft model"]
-    return peers, notes
+    return peers

@@ -60,21 +60,17 @@ def _copy(seq: list[int], source: int, k: int) -> list[int]:
 
 def match_confidence(n: int) -> float:
     """The chance that a token copied after an n-gram match is right, before the text says
-    more: 1 - 5 / (3 (n + 1)), i.e. 0.17, 0.44, 0.58, 0.67, 0.72 for n = 1..5, rising
-    toward 1. Fitted to how often the first copied token was the target's greedy choice on
-    Spec-Bench with the default pair (n = 1..5: 0.19, 0.42, 0.57, 0.70, 0.79 on questions
-    outside the quick subset). Policies calibrate it online; a prior that starts too
-    confident (the old 1 - 0.5 / n said 0.75 for n = 2) pays for its misses in every request
-    before the evidence corrects it."""
+    more: 1 - 5 / (3 (n + 1)), rising toward 1 with n. Fitted to how often the first copied
+    token was the target's greedy choice (docs/methods.md). Policies calibrate it online; a
+    prior that starts too confident pays for its misses in every request before the
+    evidence corrects it."""
     return 1.0 - 5.0 / (3.0 * (n + 1)) if n else 0.0
 
 
 def copy_confidences(n: int, k: int) -> list[float]:
     """Confidences of the k copied tokens after an n-gram match. Token i is tested only if
     the i before it were accepted, and then the text ends in an (n + i)-gram that occurred
-    before: its confidence is that of the longer match. (On Spec-Bench with the default
-    pair, a token first in a draft after a 1-gram match is accepted 16% of the time, the
-    second after it 50%, close to the 43% of a first token after a 2-gram match.)"""
+    before: its confidence is that of the longer match (measured: docs/methods.md)."""
     return [match_confidence(n + i) for i in range(k)] if n else []
 
 

@@ -35,8 +35,8 @@ class RecentMin:
     else the machine did meanwhile (the first forwards of a process also fault in weights and
     allocate buffers), so the least of a few recent timings is the cost; the window lets a
     lasting change (a longer context, other load) through within that many samples. A mean
-    would keep a cold start's 114 ms for a 77 ms step as long as drafting leaves no one-token
-    step to correct it, and speculation would be measured against a plain step too dear."""
+    would keep a cold start's cost as long as drafting leaves no one-token step to correct
+    it, and speculation would be measured against a plain step too dear."""
 
     def __init__(self, window: int = 5) -> None:
         self.samples: deque[float] = deque(maxlen=window)
@@ -89,7 +89,7 @@ class VerifyCost:
         self.context = 0
         self.seen: dict[int, RecentMin] = {}
         # ms() by (n, context) since the last timing: a step's planning reads each size
-        # many times (every drafter's length, every prefix), and a step costs ~1 ms less.
+        # many times (every drafter's length, every prefix).
         self._known: dict[tuple[int, int], float] = {}
 
     def start(self, context: int) -> None:
@@ -156,23 +156,20 @@ class Acceptance:
     ``pseudo`` tokens at the drafter's prior. Counts lose ``memory`` of their weight each
     step, so the estimate follows the text as it changes, and a drafter left unused drifts
     back toward its prior and is tried again. Pooling tokens, rather than averaging each
-    step's own estimate, keeps one unlucky short draft (0 of 2 accepted: a step estimate of
-    0) from writing off a drafter that is right 85% of the time.
+    step's own estimate, keeps one unlucky short draft (0 of 2 accepted) from writing off
+    a drafter that is usually right.
 
     The prior is the drafter's own: its tested tokens over recent requests (``history`` of
     their weight left after each of its steps), from ``prior_weight`` tokens at ``prior``.
-    How often a pair agrees belongs to the pair as much as to the text, and a fixed guess
-    of 70% made a draft model that is right a third of the time on some prose draft on for
-    several steps of every such request before the request's evidence could say so.
+    How often a pair agrees belongs to the pair as much as to the text; a fixed guess kept
+    a draft model that is often wrong drafting for several steps of every request.
 
     The text's part is read from the target before a drafter has drafted in the request:
     the target's own top probability at the positions it has decoded (free: every step
     scores them). A draft agrees with the target about as often as the target is sure of
-    its token (over Spec-Bench's categories with the default pair, a 0.5B draft's agreement
-    was 0.58-0.62 where the 1.5B target's mean top probability was 0.57-0.66, and 0.88-0.94
-    where it was 0.85-0.91), so the prior is scaled by this text's top probability over the
-    one at the drafter's tested tokens in recent requests. A prose request no longer pays a
-    draft model's set-up and first drafts to learn what its plain steps already said."""
+    its token (measured: docs/methods.md), so the prior is scaled by this text's top
+    probability over the one at the drafter's tested tokens in recent requests. A prose
+    request then does not pay a draft model's set-up to learn what its plain steps said."""
 
     def __init__(
         self,
@@ -237,7 +234,7 @@ class Acceptance:
         """What a request starts from: the drafter's acceptance over recent requests,
         scaled by how sure the target is of this text against the texts it was tested on
         (with no history, the first request of a process, that is the target's sureness
-        itself: a prose request there bought the draft model and lost 25%)."""
+        itself, so a prose request does not buy the draft model)."""
         accepted, tested, sure_at_tests = self.pooled.get(drafter, (0.0, 0.0, 0.0))
         rate = (accepted + self.prior_weight * self.prior) / (tested + self.prior_weight)
         if not self.sureness[1]:
