@@ -14,7 +14,7 @@ from adaspec.build import build_engine
 from adaspec.drafters import DRAFTERS
 from adaspec.engine import Engine
 from adaspec.errors import ConfigError
-from adaspec.models import DEFAULT_DRAFT, DEFAULT_TARGET, resolve_model
+from adaspec.models import DEFAULT_DRAFT, DEFAULT_TARGET, resolve_model, weight_file_bytes
 from adaspec.policies import POLICIES
 from adaspec.request import encode_prompt  # noqa: F401  (kept as adaspec.api.encode_prompt)
 
@@ -83,18 +83,24 @@ def load(
     available and speculates only as much as pays. A drafter that can draft with a model
     (``auto``, ``model``) gets the default pair's draft when the target is the default
     one and no draft is named; ``draft="none"`` leaves it out. Whether the draft model
-    pays is auto's to find out on this machine: on a CPU running torch it does, under
-    llama.cpp (where it costs half a target step) its guessed cost rules it out and it is
-    not asked.
+    pays is auto's to find out on this machine: on a CPU running torch it does; under
+    llama.cpp, where it costs half a target step and 2 positions cost twice one, even
+    drafts all accepted could not beat plain steps, so the policy rules it out before it
+    is loaded (a second or so of every CLI call, and its memory).
     ``k`` is the policy's draft-length knob (None: the policy's default); ``context`` the
     tokens of context to reserve (None: as much as fits in memory, up to the model's own).
     """
     drafter_cls = DRAFTERS.get(drafter)
-    POLICIES.get(policy)  # an unknown name fails before any model loads
+    policy_cls = POLICIES.get(policy)  # an unknown name fails before any model loads
+    named = draft
     draft = _draft_for(target, draft, drafter_cls.uses_draft_model)
     if drafter_cls.needs_draft_model and draft is None:
         raise ConfigError(f"drafter {drafter!r} needs a draft model: pass --draft NAME_OR_PATH")
     target_backend = load_backend(target, backend, device, dtype, threads, context=context)
+    if draft is not None and named is None and not drafter_cls.needs_draft_model:
+        share = weight_file_bytes(resolve_model(draft)) / weight_file_bytes(resolve_model(target))
+        if not policy_cls.may_ask_draft_model(target_backend, share):
+            draft = None  # the default draft could never pay here: not worth its load
     draft_model = None
     if draft is not None:  # named, or the default pair's for a drafter that uses one
         draft_model = load_backend(

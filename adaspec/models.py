@@ -211,3 +211,12 @@ def pulled_models() -> list[tuple[ModelSpec, Path | None]]:
     return [
         (spec, p if (p := model_path(spec)).is_file() else None) for spec in NAMED_MODELS.values()
     ]
+
+
+def weight_file_bytes(path: Path) -> int:
+    """Bytes of a model's weights on disk: a GGUF file, or a folder's weight files. Before a
+    model is loaded, the ratio of two models' bytes is the guess of their cost ratio."""
+    if path.is_file():
+        return path.stat().st_size
+    files = [*path.glob("*.safetensors"), *path.glob("*.bin")]
+    return max(1, sum(f.stat().st_size for f in files))

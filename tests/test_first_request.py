@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from adaspec.build import build_engine
 from adaspec.config import GenerationConfig
-from adaspec.profile import saved_profile
-from tests.table import Clock, TableBackend
+from adaspec.policies.fixed import FixedPolicy
+from adaspec.policies.goodput import GoodputPolicy
+from adaspec.profile import machine_profile, saved_profile
+from tests.table import Clock, TableBackend, gpu_like, random_table
 from tests.test_drafter_budgets import REPEATING, cyclic_target
 
 
@@ -44,3 +46,15 @@ def test_the_costs_are_timed_once_and_saved():
     timed = clock.now
     build_engine(target, None, "ngram", "goodput", clock=clock)
     assert clock.now == timed  # read from the cache, not timed again
+
+
+def test_a_draft_model_that_could_never_pay_is_not_worth_loading():
+    """The default pair's 0.5B draft costs 0.44 of a target step by its weights: on a
+    llama.cpp-like machine even drafts all accepted lose to plain steps, on a GPU-like one
+    they win. (``adaspec generate`` then skips loading it: a second of every call.)"""
+    for cost, worth_it in ((llama_cpp_like, False), (gpu_like, True)):
+        clock = Clock()
+        target = TableBackend(random_table(4, 1.0, seed=1), clock, cost, label=f"t{worth_it}")
+        machine_profile(target, clock)  # as a first load would time it, on this clock
+        assert GoodputPolicy.may_ask_draft_model(target, 0.44) is worth_it
+    assert FixedPolicy.may_ask_draft_model(target, 0.44)  # a policy that prices nothing

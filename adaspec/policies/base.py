@@ -75,6 +75,12 @@ class Policy(Protocol):
         """Forget the previous request."""
         ...
 
+    @classmethod
+    def may_ask_draft_model(cls, target: Backend, share: float) -> bool:
+        """Whether a draft model whose token costs this share of a target step could ever
+        be worth asking here; False: a drafter that merely may use one is built without."""
+        ...
+
     def budget(self, state: DecodeState) -> Budget: ...
 
     def trim(self, draft: Draft) -> int:
@@ -95,6 +101,10 @@ class PolicyDefaults:
     @classmethod
     def create(cls, k: int | None, target: Backend) -> Policy:
         return cls() if k is None else cls(k=k)  # type: ignore[call-arg]
+
+    @classmethod
+    def may_ask_draft_model(cls, target: Backend, share: float) -> bool:
+        return True
 
     def start(self, state: DecodeState) -> None:
         pass

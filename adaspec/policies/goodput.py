@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from adaspec.backends.base import Backend
 from adaspec.policies.base import POLICIES, Budget, PolicyDefaults, check_k
 from adaspec.policies.estimates import Acceptance, Calibration, DraftCost, Ewma, VerifyCost
-from adaspec.profile import CostProfile, saved_profile
+from adaspec.profile import CostProfile, machine_profile, saved_profile
 from adaspec.state import DecodeState
 from adaspec.stats import StepOutcome
 
@@ -102,6 +102,20 @@ class GoodputPolicy(PolicyDefaults):
         """With the target's saved cost profile (``adaspec profile``) where there is one."""
         profile = saved_profile(target)
         return cls(profile=profile) if k is None else cls(k, profile)
+
+    @classmethod
+    def may_ask_draft_model(cls, target: Backend, share: float, k_max: int = 8) -> bool:
+        """Whether drafts of some length, every token accepted, each costing ``share`` of a
+        one-token forward, would beat plain steps on this machine's timed costs (once timed,
+        cached): where not, no acceptance could make the model pay."""
+        profile = machine_profile(target)
+        context = profile.contexts[0]
+        step = profile.cost_ms(1, context)
+
+        def rate(k: int) -> float:
+            return (k + 1) / (profile.cost_ms(k + 1, context) + share * step * k)
+
+        return max(rate(k) for k in range(1, k_max + 1)) > 1.0 / step
 
     def start(self, state: DecodeState) -> None:
         self.verify.start(len(state.tokens))
