@@ -99,6 +99,7 @@ class TorchBackend:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype).to(device)
         backend = cls(model, HFTokenizer(AutoTokenizer.from_pretrained(folder)), label=str(path))
         place_weights(backend, drafting)  # fp32 on CPU only: verifying k rows costs ~one
+        _detach_from_file(model)
         if context is not None:  # the cache grows as it goes: nothing to reserve
             backend.max_context = context_size(context, backend.context_length, 1)
         return backend
@@ -165,6 +166,20 @@ class TorchBackend:
             logits_to_keep=logits_to_keep,
             **options,
         )
+
+
+def _detach_from_file(model: PreTrainedModel) -> None:
+    """Copy the weights still read from the memory-mapped safetensors file into the
+    process's own memory. The packed layers hold copies already; the embedding and norms
+    would keep the whole file mapped and counted as resident (6 GB for the 1.5B target
+    beside its 6 GB of packed copies)."""
+    if next(model.parameters()).device.type != "cpu":
+        return
+    with torch.no_grad():
+        for param in model.parameters():
+            param.data = param.data.clone()
+        for buffer in model.buffers():
+            buffer.data = buffer.data.clone()
 
 
 def default_device() -> str:
