@@ -17,7 +17,8 @@ import torch
 
 from adaspec.backends.base import Backend
 from adaspec.config import GenerationConfig
-from adaspec.drafters.base import Draft, Drafter
+from adaspec.draft import Draft
+from adaspec.drafters.base import Drafter
 from adaspec.errors import ConfigError
 from adaspec.policies.base import Policy
 from adaspec.request import prompt_ids, request_config

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import torch
 
+from adaspec.budget import Budget
 from adaspec.build import build_engine
 from adaspec.config import GenerationConfig, SamplingParams
+from adaspec.draft import Draft
 from adaspec.drafters.auto import AutoDrafter
-from adaspec.drafters.base import Draft
 from adaspec.drafters.ngram import NgramDrafter
 from adaspec.engine import Engine
-from adaspec.policies.base import Budget
 from adaspec.policies.goodput import GoodputPolicy
 from adaspec.state import DecodeState
 from tests.table import Clock, TableBackend, random_table

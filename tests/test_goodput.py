@@ -8,12 +8,12 @@ import random
 import pytest
 import torch
 
+from adaspec.budget import Budget
 from adaspec.config import GenerationConfig, SamplingParams
+from adaspec.draft import Draft
 from adaspec.drafters.auto import AutoDrafter
-from adaspec.drafters.base import Draft
 from adaspec.drafters.ngram import match_confidence
 from adaspec.engine import Engine
-from adaspec.policies.base import Budget
 from adaspec.policies.estimates import Acceptance, Calibration, DraftCost, Ewma, VerifyCost
 from adaspec.policies.goodput import GoodputPolicy, best_length, best_prefix, expected_tokens
 from adaspec.profile import CostProfile

@@ -169,10 +169,10 @@ def goodput_on_the_trim_sensitive_pair() -> tuple[object, int]:
 def test_goodput_never_cuts_a_sampled_draft_by_its_own_tokens():
     """The bug of issue 24: goodput chose the prefix of a sampled draft to verify from
     every drafted token's confidence, so whether token 1 was verified depended on token
-    1's value. 6000 samples detect TV >= 0.052 at power 0.9 (pooled cells included)."""
+    1's value. 6000 samples detect TV >= 0.044 at power 0.9 (pooled cells included)."""
     test, verified = goodput_on_the_trim_sensitive_pair()
     assert verified > 0
-    assert test.detectable_tv() < 0.06
+    assert test.detectable_tv() < 0.05
     assert test.p_value > ALPHA, test
 
 

@@ -6,10 +6,10 @@ from dataclasses import replace
 
 import torch
 
+from adaspec.budget import Budget
 from adaspec.config import GenerationConfig, SamplingParams
 from adaspec.drafters.model import ModelDrafter
 from adaspec.engine import Engine
-from adaspec.policies.base import Budget
 from adaspec.policies.fixed import FixedPolicy
 from adaspec.state import DecodeState
 from tests.tiny import ar_tokens, backend, tiny_model

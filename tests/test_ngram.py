@@ -3,9 +3,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from adaspec.budget import Budget
 from adaspec.config import SamplingParams
 from adaspec.drafters.ngram import NgramDrafter, copy_confidences, match_confidence, prompt_lookup
-from adaspec.policies.base import Budget
 from adaspec.state import DecodeState
 
 

@@ -3,10 +3,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from adaspec.budget import Budget
 from adaspec.config import SamplingParams
 from adaspec.errors import ConfigError
 from adaspec.policies import POLICIES
-from adaspec.policies.base import Budget
 from adaspec.policies.confidence import ConfidencePolicy
 from adaspec.policies.fixed import FixedPolicy
 from adaspec.policies.heuristic import HeuristicPolicy

@@ -25,10 +25,11 @@ from collections.abc import Callable
 from typing import ClassVar
 
 from adaspec.backends.base import Backend
-from adaspec.drafters.base import DRAFTERS, Draft, Drafter
+from adaspec.budget import Budget
+from adaspec.draft import Draft
+from adaspec.drafters.base import DRAFTERS, Drafter
 from adaspec.drafters.model import ModelDrafter
 from adaspec.drafters.ngram import NgramDrafter
-from adaspec.policies.base import Budget
 from adaspec.state import DecodeState
 from adaspec.stats import StepOutcome
 

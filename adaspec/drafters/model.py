@@ -14,10 +14,11 @@ from typing import ClassVar
 import torch
 
 from adaspec.backends.base import Backend, check_same_vocabulary
-from adaspec.drafters.base import DRAFTERS, Draft
+from adaspec.budget import Budget
+from adaspec.draft import Draft
+from adaspec.drafters.base import DRAFTERS
 from adaspec.errors import ModelError
 from adaspec.head import AcceptanceHead, head_path
-from adaspec.policies.base import Budget
 from adaspec.sampling import probabilities, sample
 from adaspec.state import DecodeState
 from adaspec.stats import StepOutcome

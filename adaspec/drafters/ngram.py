@@ -13,8 +13,9 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from adaspec.backends.base import Backend
-from adaspec.drafters.base import DRAFTERS, Draft
-from adaspec.policies.base import Budget
+from adaspec.budget import Budget
+from adaspec.draft import Draft
+from adaspec.drafters.base import DRAFTERS
 from adaspec.state import DecodeState
 from adaspec.stats import StepOutcome
 

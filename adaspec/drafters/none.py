@@ -6,8 +6,9 @@ from __future__ import annotations
 from typing import ClassVar
 
 from adaspec.backends.base import Backend
-from adaspec.drafters.base import DRAFTERS, Draft
-from adaspec.policies.base import Budget
+from adaspec.budget import Budget
+from adaspec.draft import Draft
+from adaspec.drafters.base import DRAFTERS
 from adaspec.state import DecodeState
 from adaspec.stats import StepOutcome
 

@@ -3,8 +3,9 @@ and never past k_max: cheap drafts where the draft model is confident, none wher
 
 from __future__ import annotations
 
+from adaspec.budget import Budget
 from adaspec.errors import ConfigError
-from adaspec.policies.base import POLICIES, Budget, PolicyDefaults, check_k
+from adaspec.policies.base import POLICIES, PolicyDefaults, check_k
 from adaspec.state import DecodeState
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from adaspec.policies.base import POLICIES, Budget, PolicyDefaults, check_k
+from adaspec.budget import Budget
+from adaspec.policies.base import POLICIES, PolicyDefaults, check_k
 from adaspec.state import DecodeState
 
 

@@ -16,14 +16,15 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from adaspec.backends.base import Backend
-from adaspec.policies.base import POLICIES, Budget, PolicyDefaults, check_k
+from adaspec.budget import Budget
+from adaspec.policies.base import POLICIES, PolicyDefaults, check_k
 from adaspec.policies.estimates import Acceptance, Calibration, DraftCost, Ewma, VerifyCost
 from adaspec.profile import CostProfile, machine_profile, saved_profile
 from adaspec.state import DecodeState
 from adaspec.stats import StepOutcome
 
 if TYPE_CHECKING:
-    from adaspec.drafters.base import Draft
+    from adaspec.draft import Draft
 
 FREE_DRAFT = 0.05  # a drafter costing under this share of a one-token forward is "free"
 PROBE = 2  # tokens a drafter not seen yet in this request may draft: learns its cost

@@ -3,7 +3,8 @@ fully accepted draft, shrink it by 1 otherwise, never below 1."""
 
 from __future__ import annotations
 
-from adaspec.policies.base import POLICIES, Budget, PolicyDefaults, check_k
+from adaspec.budget import Budget
+from adaspec.policies.base import POLICIES, PolicyDefaults, check_k
 from adaspec.state import DecodeState
 from adaspec.stats import StepOutcome
 
