@@ -1,0 +1,97 @@
+"""Lossless acceptance of a token tree: several candidates per position (issue 26).
+
+Rows: row 0 of the target's logits scores the first level (the token after the committed
+text), row i + 1 scores the children of node i. The walk starts at the root and, at each
+node, tries its children in index order:
+
+  greedy:   descend into the child whose token is the target's argmax; if none is, stop
+            and emit the argmax.
+  sampling: recursive rejection sampling (SpecInfer; Recursive Speculative Decoding).
+            With residual r = p at the node, for each child c_j (drawn from q_j):
+              accept c_j with probability min(1, r(c_j) / q_j(c_j)) and descend;
+              else r <- norm(max(0, r - q_j)) and try the next child.
+            If every child is rejected, emit a token drawn from r; after a leaf is
+            accepted, draw the bonus token from the leaf's row.
+
+Each try emits exactly r's distribution whatever q_j is (given what came before), so any
+set of siblings is exact: drawn independently from one q, drawn without replacement (q_j
+renormalised over the tokens not drawn yet), or fixed tokens (q_j one-hot). Like the chain
+rule, it needs which children exist to depend only on what was known before each was
+drawn (docs/methods.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from adaspec.config import SamplingParams
+from adaspec.sampling import probabilities, sample
+from adaspec.tree import ROOT, TokenTree
+from adaspec.verify import residual
+
+
+@dataclass(frozen=True)
+class TreeVerdict:
+    path: list[int]  # accepted node indices, from the first level down
+    tokens: list[int]  # [len(path) + 1]: the accepted tokens, then the recovered or bonus one
+
+
+def verify_tree(
+    target_logits: torch.Tensor,  # [n + 1, vocab]: row 0 the root's, row i + 1 node i's
+    tree: TokenTree,
+    draft_probs: torch.Tensor | None,  # [n, vocab] q_j each node was drawn from; None: one-hot
+    params: SamplingParams,
+    generator: torch.Generator | None = None,
+) -> TreeVerdict:
+    if target_logits.shape[0] != len(tree) + 1:
+        raise ValueError(f"need {len(tree) + 1} target rows for a {len(tree)}-node tree")
+    if params.greedy:
+        return _walk_greedy(target_logits.argmax(-1).tolist(), tree)
+    p = probabilities(target_logits, params)  # [n + 1, vocab]
+    return _walk_sampling(p, tree, draft_probs, generator)
+
+
+def _walk_greedy(choice: list[int], tree: TokenTree) -> TreeVerdict:
+    """``choice``: [n + 1] the target's argmax at each row."""
+    path: list[int] = []
+    node = ROOT
+    while True:
+        want = choice[node + 1]
+        match = next((c for c in tree.children(node) if tree.tokens[c] == want), None)
+        if match is None:
+            return TreeVerdict(path, [*(tree.tokens[i] for i in path), want])
+        path.append(match)
+        node = match
+
+
+def _walk_sampling(
+    p: torch.Tensor,  # [n + 1, vocab]
+    tree: TokenTree,
+    q: torch.Tensor | None,  # [n, vocab]
+    generator: torch.Generator | None,
+) -> TreeVerdict:
+    path: list[int] = []
+    node = ROOT
+    while True:
+        r = p[node + 1]  # [vocab] what the target owes at this node
+        accepted = None
+        for child in tree.children(node):
+            x = tree.tokens[child]
+            q_j = _draft_row(q, child, x, r)
+            u = float(torch.rand(1, generator=generator))
+            if u * float(q_j[x]) < float(r[x]):  # u < r/q, without dividing by q
+                accepted = child
+                break
+            r = residual(r, q_j)
+        if accepted is None:
+            return TreeVerdict(path, [*(tree.tokens[i] for i in path), sample(r, generator)])
+        path.append(accepted)
+        node = accepted
+
+
+def _draft_row(q: torch.Tensor | None, node: int, token: int, like: torch.Tensor) -> torch.Tensor:
+    if q is not None:
+        return q[node].to(like.device, like.dtype)
+    return torch.nn.functional.one_hot(torch.tensor(token), like.shape[-1]).to(like.dtype)
