@@ -64,3 +64,34 @@ def test_a_draft_model_runs_in_bf16_only_on_a_cpu_that_computes_it(monkeypatch, 
     assert _dtype(None, "cpu") is torch.float32  # the target: exact verification
     assert _dtype(None, "cuda", drafting=True) is torch.float32
     assert _dtype("float32", "cpu", drafting=True) is torch.float32
+
+
+def full_recompute(model, ids: list[int]) -> torch.Tensor:
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0, -1]
+
+
+def test_a_tree_forward_scores_each_node_after_its_own_path():
+    """Row i of forward_tree equals the row a plain model gives after the committed text
+    and node i's root path; after commit(path) the cache scores the next token as a fresh
+    prefill of the text and the path does, and keeps no other node."""
+    from adaspec.tree import ROOT, TokenTree
+
+    b = backend(tiny_model(seed=0))
+    text = [5, 17, 42, 8]
+    tree = TokenTree((11, 12, 13, 14, 15), (ROOT, 0, 0, 1, ROOT))  # two branches under 11
+    b.prefill(text)
+    rows = b.forward_tree(tree)
+    for node in range(len(tree)):
+        want = full_recompute(b.model, [*text, *tree.path_tokens(node)])
+        assert torch.allclose(rows[node], want, atol=1e-9), node
+    path = tree.path(3)  # 11 -> 12 -> 14
+    b.commit(path)
+    assert b.length == len(text) + len(path)
+    committed = [*text, *tree.path_tokens(3)]
+    next_row = b.forward([7])[0]
+    assert torch.allclose(next_row, full_recompute(b.model, [*committed, 7]), atol=1e-9)
+    fresh = backend(b.model)
+    fresh.prefill([*committed, 7])
+    for got, want in zip(cache_tensors(b), cache_tensors(fresh), strict=True):
+        assert torch.allclose(got, want, atol=1e-9)

@@ -23,6 +23,7 @@ from adaspec.backends.context import context_size
 from adaspec.backends.layout_timing import place_weights
 from adaspec.errors import ModelError
 from adaspec.models import cache_dir, check_gguf_file
+from adaspec.tree import TokenTree
 
 log = logging.getLogger(__name__)  # the CLI shows adaspec's INFO lines on stderr
 
@@ -65,6 +66,7 @@ class TorchBackend:
     ) -> None:
         self.model = model.eval()
         self.max_context: int | None = None  # --context, below the model's own
+        self._tree_start = 0  # cached positions before the last forward_tree's nodes
         self.tokenizer = tokenizer
         self.label = label
         self.device = next(model.parameters()).device
@@ -149,6 +151,36 @@ class TorchBackend:
     def forward_hidden(self, tokens: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         out = self._call(tokens, logits_to_keep=0, output_hidden_states=True)
         return out.logits[0], out.hidden_states[-1][0]  # [k, vocab], [k, hidden] (after norm)
+
+    @torch.inference_mode()
+    def forward_tree(self, tree: TokenTree) -> torch.Tensor:
+        """Append a token tree's nodes; row i of the result [n, vocab] scores the token after
+        node i, each node attending to the cached text and its own ancestors only (a 4-D
+        mask; positions by depth). ``commit`` then keeps one root path."""
+        past, n = self.length, len(tree)
+        seen = torch.ones(n, past + n, dtype=torch.bool)
+        seen[:, past:] = tree.ancestor_mask()
+        dtype = next(self.model.parameters()).dtype
+        mask = torch.zeros(seen.shape, dtype=dtype).masked_fill(~seen, torch.finfo(dtype).min)
+        positions = torch.tensor([[past + d - 1 for d in tree.depths]], device=self.device)
+        out = self.model(
+            input_ids=torch.tensor([list(tree.tokens)], dtype=torch.long, device=self.device),
+            attention_mask=mask[None, None].to(self.device),  # [1, 1, n, past + n]
+            position_ids=positions,  # [1, n]
+            cache=self._cache,
+            use_cache=True,
+        )
+        self._tree_start = past
+        return out.logits[0]  # [n, vocab]
+
+    def commit(self, path: Sequence[int]) -> None:
+        """After ``forward_tree``: keep the cached text and the nodes of ``path`` (a root
+        path's node indices), now at consecutive positions; drop every other node."""
+        start = self._tree_start
+        keep = torch.tensor([*range(start), *(start + i for i in path)], device=self.device)
+        for layer in self._cache.layers:
+            layer.keys = layer.keys.index_select(-2, keep)  # [batch, heads, seq, head_dim]
+            layer.values = layer.values.index_select(-2, keep)
 
     def rollback(self, length: int) -> None:
         if length < self.length:
