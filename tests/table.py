@@ -12,18 +12,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from adaspec.bench.replay import ScriptedClock as Clock  # time passes only when charged
 from adaspec.config import SamplingParams
 from adaspec.sampling import probabilities
-
-
-class Clock:
-    """The engine's clock: time passes only when a backend charges a forward."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def gpu_like(n: int) -> float:
@@ -105,6 +96,17 @@ class TableBackend:
     def row(self, context: Sequence[int]) -> torch.Tensor:
         """The logits [vocab] scoring the token after ``context``."""
         return self.table[context[-2] if len(context) > 1 else context[-1], context[-1]]
+
+
+REPEATING = [0, 1, 2, 3] * 6  # a lookup's matches run as long as any budget
+
+
+def cyclic_target(clock: Clock) -> TableBackend:
+    """A target that continues 0 1 2 3 0 1 ... with certainty."""
+    table = torch.full((4, 4, 4), -20.0, dtype=torch.float64)
+    for last in range(4):
+        table[:, last, (last + 1) % 4] = 20.0
+    return TableBackend(table, clock)
 
 
 def random_table(vocab: int, scale: float, seed: int) -> torch.Tensor:

@@ -14,9 +14,7 @@ from adaspec.drafters.ngram import NgramDrafter
 from adaspec.engine import Engine
 from adaspec.policies.goodput import GoodputPolicy
 from adaspec.state import DecodeState
-from tests.table import Clock, TableBackend, random_table
-
-REPEATING = [0, 1, 2, 3] * 6  # the lookup's matches run as long as any budget
+from tests.table import REPEATING, Clock, TableBackend, cyclic_target, random_table
 
 
 class RecordingNgram(NgramDrafter):
@@ -29,14 +27,6 @@ class RecordingNgram(NgramDrafter):
     def propose(self, state: DecodeState, budget: Budget) -> Draft:
         self.budgets.append(budget.max_tokens)
         return super().propose(state, budget)
-
-
-def cyclic_target(clock: Clock) -> TableBackend:
-    """A target that continues 0 1 2 3 0 1 ... with certainty."""
-    table = torch.full((4, 4, 4), -20.0, dtype=torch.float64)
-    for last in range(4):
-        table[:, last, (last + 1) % 4] = 20.0
-    return TableBackend(table, clock)
 
 
 def test_a_lookup_used_alone_drafts_as_far_as_goodputs_plan():

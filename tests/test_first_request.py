@@ -8,8 +8,7 @@ from adaspec.config import GenerationConfig
 from adaspec.policies.fixed import FixedPolicy
 from adaspec.policies.goodput import GoodputPolicy
 from adaspec.profile import machine_profile, saved_profile
-from tests.table import Clock, TableBackend, gpu_like, random_table
-from tests.test_drafter_budgets import REPEATING, cyclic_target
+from tests.table import REPEATING, Clock, TableBackend, cyclic_target, gpu_like, random_table
 
 
 def llama_cpp_like(n: int) -> float:

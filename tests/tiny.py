@@ -13,6 +13,10 @@ import torch
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from adaspec.backends.torch_hf import TorchBackend
+
+# The engine's clock, advanced only by the target's forwards: a tiny model's real timings
+# are overhead and noise, and would decide whether drafting pays.
+from adaspec.bench.replay import ScriptedClock as FakeClock
 from adaspec.config import GenerationConfig
 from adaspec.drafters.auto import AutoDrafter
 from adaspec.drafters.model import ModelDrafter
@@ -135,17 +139,6 @@ def save_model_dir(path: Path, tokenizer: PreTrainedTokenizerFast, seed: int = 0
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
-
-
-class FakeClock:
-    """The engine's clock, advanced only by the target's forwards: a tiny model's real
-    timings are overhead and noise, and would decide whether drafting pays."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class ClockedBackend:

@@ -71,15 +71,20 @@ class AdaspecMethod:
         time_costs: bool = True,
     ) -> None:
         self.name = spec
-        drafter, _, policy = spec.partition(":")
-        policy = policy or "goodput"
+        drafter, policy = self.names(spec)
         self.engine = build_engine(target, draft, drafter, policy, k, clock, time_costs)
 
     @staticmethod
-    def parse(spec: str) -> tuple[type, type]:
-        """``drafter[:policy]`` to its classes; unknown names raise a ConfigError."""
+    def names(spec: str) -> tuple[str, str]:
+        """``drafter[:policy]`` to the two registry names (the policy defaults to goodput)."""
         drafter, _, policy = spec.partition(":")
-        return DRAFTERS.get(drafter), POLICIES.get(policy or "goodput")
+        return drafter, policy or "goodput"
+
+    @classmethod
+    def parse(cls, spec: str) -> tuple[type, type]:
+        """``drafter[:policy]`` to its classes; unknown names raise a ConfigError."""
+        drafter, policy = cls.names(spec)
+        return DRAFTERS.get(drafter), POLICIES.get(policy)
 
     @classmethod
     def uses_draft(cls, spec: str) -> bool:

@@ -88,13 +88,14 @@ def transformers_peers(
     They run on adaspec's device and dtype: a peer on another device measures the hardware,
     not the method. ``draft`` is a folder, or the draft model adaspec already holds (loaded
     as transformers loads it): the same weights are not held twice."""
-    names = ["transformers"]
+    # name -> its generate() options, given the loaded draft model
+    variants: dict[str, Callable[[torch.nn.Module | None], dict]] = {"transformers": lambda _: {}}
     if draft is not None:
-        names.append("transformers:assisted")
-    names.append(f"transformers:lookup{lookup}")
+        variants["transformers:assisted"] = lambda model: {"assistant_model": model}
+    variants[f"transformers:lookup{lookup}"] = lambda _: {"prompt_lookup_num_tokens": lookup}
     notes = [] if draft is not None else ["transformers:assisted skipped: no draft model"]
-    load = partial(_transformers_group, target_folder, draft, device, dtype, lookup)
-    return [PeerGroup(names, load)], notes
+    load = partial(_transformers_group, target_folder, draft, device, dtype, variants)
+    return [PeerGroup(list(variants), load)], notes
 
 
 def _transformers_group(
@@ -102,7 +103,7 @@ def _transformers_group(
     draft: Path | torch.nn.Module | None,
     device: torch.device | str,
     dtype: torch.dtype | None,
-    lookup: int,
+    variants: dict[str, Callable[[torch.nn.Module | None], dict]],
 ) -> list[TimedPeer]:
     from transformers import AutoModelForCausalLM
 
@@ -123,8 +124,4 @@ def _transformers_group(
 
         return generate
 
-    peers = [TimedPeer("transformers", make())]
-    if draft is not None:
-        peers.append(TimedPeer("transformers:assisted", make(assistant_model=draft)))
-    peers.append(TimedPeer(f"transformers:lookup{lookup}", make(prompt_lookup_num_tokens=lookup)))
-    return peers
+    return [TimedPeer(name, make(**options(draft))) for name, options in variants.items()]
