@@ -14,11 +14,13 @@ from adaspec.draft import Draft
 
 @dataclass(frozen=True)
 class Budget:
-    """At most ``max_tokens`` draft tokens; stop before any token whose drafter confidence
-    (its estimate that the target accepts it) is below ``min_confidence``."""
+    """At most ``max_tokens`` draft nodes, none deeper than ``max_depth`` (a chain drafter
+    drafts ``depth_limit`` tokens); stop before any token whose drafter confidence (its
+    estimate that the target accepts it) is below ``min_confidence``."""
 
     max_tokens: int
     min_confidence: float = 0.0
+    max_depth: int | None = None  # None: as deep as max_tokens
     # Budgets for named drafters that differ from this one (a policy that learns per
     # drafter fills it; the auto drafter reads the entry of the arm it uses).
     per_drafter: Mapping[str, Budget] = field(default_factory=dict)
@@ -36,13 +38,22 @@ class Budget:
     stop: Callable[[Sequence[float]], bool] | None = None
 
     def capped(self, limit: int) -> Budget:
+        """No root path longer than ``limit`` (the request's room): a chain's length, a
+        tree's depth; the nodes are left as they are (none when the limit is 0)."""
         limit = max(0, limit)
         per = {name: b.capped(limit) for name, b in self.per_drafter.items()}
-        return replace(self, max_tokens=min(self.max_tokens, limit), per_drafter=per)
+        nodes = self.max_tokens if limit else 0
+        depth = min(self.depth_limit, limit)
+        return replace(self, max_tokens=nodes, max_depth=depth, per_drafter=per)
+
+    @property
+    def depth_limit(self) -> int:
+        """The longest root path allowed: a chain drafter's length."""
+        return self.max_tokens if self.max_depth is None else min(self.max_depth, self.max_tokens)
 
     def enough(self, confidences: Sequence[float]) -> bool:
         """Whether the tokens drafted so far (these confidences) are all worth drafting."""
-        return len(confidences) >= self.max_tokens or (
+        return len(confidences) >= self.depth_limit or (
             self.stop is not None and self.stop(confidences)
         )
 

@@ -1,5 +1,5 @@
 """The decode loop: prefill, then (policy budget -> drafter -> policy trim -> target forward
--> verify -> commit)*.
+-> verify -> commit)*, one code path for a chain and a token tree.
 
 ``Engine.stream()`` is the only implementation of the loop; ``generate()`` drains it, so the
 streaming and non-streaming paths cannot drift apart.
@@ -23,8 +23,9 @@ from adaspec.errors import ConfigError
 from adaspec.policies.base import Policy
 from adaspec.request import prompt_ids, request_config
 from adaspec.state import DecodeState
-from adaspec.stats import GenerationStats, StepOutcome
-from adaspec.verify import verify
+from adaspec.stats import GenerationStats, RowsSeen, StepOutcome
+from adaspec.tree import ROOT, TokenTree
+from adaspec.verify import verify_tree
 
 
 @dataclass
@@ -155,7 +156,8 @@ class Engine:
         self.policy.start(state)
 
     def step(self, state: DecodeState, config: GenerationConfig) -> tuple[list[int], StepOutcome]:
-        """One target pass: draft, verify, commit; returns the tokens it adds."""
+        """One target pass: draft a tree (a chain is one), verify it, commit the accepted
+        path; returns the tokens it adds."""
         room = config.max_new_tokens - state.generated - 1  # the step adds one token itself
         plan = self.policy.budget(state)
         budget = plan.for_drafter(self.drafter.name).capped(room)  # its own plan, if any
@@ -164,15 +166,21 @@ class Engine:
         draft = proposal.prefix(self._to_verify(proposal))
         t1 = self.clock()
         prescored = state.next_logits is not None
-        logits = self._score(state, draft.tokens)  # [k + 1, vocab]
-        verdict = verify(logits, draft.tokens, draft.probs, state.sampling, state.generator)
-        self.target.rollback(len(state.tokens) + verdict.n_accepted)  # keep fed + accepted
+        tree = draft.tree
+        logits = self._score(state, tree)  # [n + 1, vocab]: row 0 the root's, i + 1 node i's
+        verdict = verify_tree(logits, tree, draft.probs, state.sampling, state.generator)
+        self._commit(prescored, bool(tree), verdict.path)
         t2 = self.clock()
         new = _cut_after_eos(verdict.tokens, self.target.eos_token_ids, config.stop_at_eos)
+        fed = [state.tokens[-1], *tree.tokens]  # the token each row scores the next of
+        before = [
+            state.tokens[-2] if len(state.tokens) > 1 else fed[0],
+            *_parent_tokens(tree, fed[0]),
+        ]
         state.tokens.extend(new)
         outcome = StepOutcome(
-            drafted=len(draft.tokens),
-            accepted=verdict.n_accepted,
+            drafted=len(tree),
+            accepted=len(verdict.path),
             emitted=len(new),
             draft_s=t1 - t0,
             verify_s=t2 - t1,
@@ -180,30 +188,68 @@ class Engine:
             proposed=len(proposal.tokens),
             confidences=tuple(draft.confidences),
             prescored=prescored,
-            target_top=_top_probability(logits[verdict.n_accepted]),
+            target_top=_top_probability(logits[verdict.path[-1] + 1 if verdict.path else 0]),
+            parents=None if draft.parents is None else tuple(draft.parents),
+            path=tuple(verdict.path),
+            rows=_rows_seen(logits, before, fed, self.row_top_k),
         )
         self.policy.observe(outcome)
         self.drafter.observe(outcome)
         return new, outcome
 
+    @property
+    def row_top_k(self) -> int:
+        """How many of each verified row's likeliest tokens the drafter learns from."""
+        return self.drafter.row_top_k
+
     def _to_verify(self, proposal: Draft) -> int:
-        """How many drafted tokens to verify. Lossless sampling needs the choice to verify
-        x_i to depend only on what was known before x_i was drawn (docs/methods.md): a
-        sampled draft was stopped as it was drawn and is verified whole; the policy may
-        look ahead only over a draft that is a function of the committed text (a lookup's,
-        any greedy one), whose tokens hold no chance."""
+        """How many drafted nodes to verify. Lossless sampling needs the choice to verify
+        a node to depend only on what was known before it was drawn (docs/methods.md): a
+        sampled draft was shaped as it was drawn and is verified whole; the policy may look
+        ahead only over a draft that is a function of the committed text (a lookup's, a
+        recycled tree, any greedy one), whose tokens hold no chance."""
         return len(proposal.tokens) if proposal.sampled else self.policy.trim(proposal)
 
-    def _score(self, state: DecodeState, draft: list[int]) -> torch.Tensor:
-        """Target rows for the last committed token and each draft token: [k + 1, vocab].
-        The first step takes the last token's row from the prefill and runs only the draft
-        (nothing, when there is none)."""
+    def _score(self, state: DecodeState, tree: TokenTree) -> torch.Tensor:
+        """Target rows for the last committed token and each node: [n + 1, vocab]. The first
+        step takes the last token's row from the prefill and runs only the draft (nothing,
+        when there is none)."""
         first, state.next_logits = state.next_logits, None
         if first is None:
-            return self.target.forward([state.tokens[-1], *draft])
-        if not draft:
+            fed = tree.rooted(state.tokens[-1])
+            return self.target.forward(fed.tokens, fed.parents)
+        if not tree:
             return first[None]
-        return torch.cat([first[None], self.target.forward(draft)])
+        return torch.cat([first[None], self.target.forward(tree.tokens, tree.parents)])
+
+    def _commit(self, prescored: bool, drafted: bool, path: list[int]) -> None:
+        """Keep the accepted nodes in the target's cache (and the fed root, when it was
+        fed: the cache holds every committed token but the last)."""
+        if not prescored:
+            self.target.commit([0, *(node + 1 for node in path)])
+        elif drafted:
+            self.target.commit(path)
+
+
+def _parent_tokens(tree: TokenTree, root_token: int) -> list[int]:
+    """[n] the token each node follows (its parent's, the root's for the first level)."""
+    return [root_token if parent == ROOT else tree.tokens[parent] for parent in tree.parents]
+
+
+def _rows_seen(logits: torch.Tensor, before: list[int], fed: list[int], k: int) -> RowsSeen | None:
+    """The verified rows' k likeliest next tokens and their probabilities (``logits``:
+    [rows, vocab]); None when the drafter learns nothing from them."""
+    if k == 0:
+        return None
+    rows = logits.float()
+    top = rows.topk(min(k, rows.shape[-1]), dim=-1)  # values, indices: [rows, k]
+    probs = torch.exp(top.values - torch.logsumexp(rows, -1, keepdim=True))
+    return RowsSeen(
+        tuple(before),
+        tuple(fed),
+        tuple(map(tuple, top.indices.tolist())),
+        tuple(map(tuple, probs.tolist())),
+    )
 
 
 def _top_probability(row: torch.Tensor) -> float:

@@ -8,6 +8,20 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from adaspec.tree import ROOT
+
+
+@dataclass(frozen=True)
+class RowsSeen:
+    """The verify pass's rows as a model-free drafter learns from them: what the target
+    scored after each token fed (Token Recycling's adjacency, ADED's trigrams). Rows of
+    rejected nodes count too: each is the target's view after its own context."""
+
+    before: tuple[int, ...]  # [rows] the token before each fed one (itself at the start)
+    fed: tuple[int, ...]  # [rows] the token each row scores the successor of
+    top_ids: tuple[tuple[int, ...], ...]  # [rows, k] the target's k likeliest next tokens
+    top_probs: tuple[tuple[float, ...], ...]  # [rows, k] their probabilities
+
 
 @dataclass(frozen=True)
 class StepOutcome:
@@ -23,11 +37,27 @@ class StepOutcome:
     confidences: tuple[float, ...] = ()  # the drafter's estimates for the verified tokens
     prescored: bool = False  # the prefill had scored the first position: it ran ``drafted``
     target_top: float | None = None  # the target's top probability where its own token came
+    parents: tuple[int, ...] | None = None  # [drafted] the verified tree (None: a chain)
+    path: tuple[int, ...] = ()  # accepted nodes, from the first level down
+    rows: RowsSeen | None = None  # what the verify pass saw, for drafters that learn from it
 
     @property
     def positions(self) -> int:
         """Positions the target's forward of this step ran (0: the prefill did its work)."""
         return self.drafted if self.prescored else self.drafted + 1
+
+    def judged(self) -> list[tuple[int, bool]]:
+        """(node, accepted) of each verified node whose parent was accepted: the nodes the
+        target actually judged, each accepted or not given its parent."""
+        if self.parents is None:
+            return [(i, i < self.accepted) for i in range(min(self.accepted + 1, self.drafted))]
+        judged, on_path = {ROOT, *self.path}, set(self.path)
+        return [(i, i in on_path) for i, parent in enumerate(self.parents) if parent in judged]
+
+    def tried(self) -> list[tuple[float, bool]]:
+        """``judged`` with each node's confidence, where the drafter gave one."""
+        known = len(self.confidences)
+        return [(self.confidences[i], ok) for i, ok in self.judged() if i < known]
 
 
 @dataclass
@@ -71,4 +101,5 @@ class GenerationStats:
         }
 
     def to_dict(self) -> dict:
-        return {"summary": self.summary(), "steps": [asdict(s) for s in self.steps]}
+        steps = [{**asdict(s), "rows": None} for s in self.steps]  # rows: bulky, internal
+        return {"summary": self.summary(), "steps": steps}

@@ -40,7 +40,27 @@ class TokenTree:
 
     @property
     def is_chain(self) -> bool:
-        return all(parent == i - 1 for i, parent in enumerate(self.parents))
+        return is_chain(self.parents)
+
+    def rooted(self, token: int) -> TokenTree:
+        """This tree hung below ``token`` as node 0: what a target forward runs when the
+        last committed token is fed with the draft (its row scores the first level)."""
+        parents = (ROOT, *(parent + 1 for parent in self.parents))
+        return TokenTree((token, *self.tokens), parents)
+
+    def dfs_paths(self) -> list[list[int]]:
+        """Root paths in depth-first order, later children first: paths sharing a prefix
+        are neighbours, and the path through each node's first child comes last (a backend
+        scoring path by path ends holding the likeliest one)."""
+        paths: list[list[int]] = []
+        stack = [[child] for child in reversed(self.children(ROOT))]
+        while stack:
+            path = stack.pop(0)
+            below = self.children(path[-1])
+            if not below:
+                paths.append(path)
+            stack[:0] = [[*path, child] for child in reversed(below)]
+        return paths
 
     @cached_property
     def depths(self) -> tuple[int, ...]:
@@ -82,3 +102,16 @@ class TokenTree:
                 mask[i] = mask[parent]
             mask[i, i] = True
         return mask
+
+
+def is_chain(parents: Sequence[int]) -> bool:
+    """Whether node i hangs under node i - 1 for every i (a plain draft)."""
+    return all(parent == i - 1 for i, parent in enumerate(parents))
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i

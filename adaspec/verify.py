@@ -1,14 +1,32 @@
-"""Lossless acceptance of a draft: the one place that decides which tokens are kept.
+"""Lossless acceptance of a draft, a token tree (a chain is one): the one place that
+decides which drafted tokens are kept.
 
-Terms (as in vLLM's rejection sampler), for a draft x_1..x_k checked by one target pass:
-  accepted  - draft tokens kept, always a prefix x_1..x_n of the draft;
-  recovered - the token the target puts at position n+1 when x_{n+1} is rejected;
-  bonus     - the extra target token after a fully accepted draft (n = k).
-Every step therefore yields n + 1 tokens, so decoding never goes slower in tokens per pass
-than autoregressive decoding, which is the k = 0 case of the same rule.
+Terms (as in vLLM's rejection sampler): accepted - the draft nodes kept, a root path;
+recovered - the token the target puts after them when the walk stops at a rejection;
+bonus - the extra target token after an accepted leaf. Every step therefore yields one
+token more than it accepts, so decoding never goes slower in tokens per pass than
+autoregressive decoding, which is the empty tree of the same rule.
 
-Notation follows Leviathan et al. / Chen et al. (2023): p = target, q = draft.
-Pure functions of tensors and an RNG: no model in here, so it is tested exhaustively.
+Notation follows Leviathan et al. / Chen et al. (2023): p = target, q = draft. Rows: row 0
+of the target's logits scores the first level (the token after the committed text), row
+i + 1 scores the children of node i. The walk starts at the root and, at each node, tries
+its children in index order:
+
+  greedy:   descend into the child whose token is the target's argmax; if none is, stop
+            and emit the argmax (identical to greedy autoregressive decoding).
+  sampling: recursive rejection sampling (SpecInfer; Recursive Speculative Decoding).
+            With residual r = p at the node, for each child c_j (drawn from q_j):
+              accept c_j with probability min(1, r(c_j) / q_j(c_j)) and descend;
+              else r <- norm(max(0, r - q_j)) and try the next child.
+            If every child is rejected, emit a token drawn from r; after a leaf is
+            accepted, draw the bonus token from the leaf's row.
+
+Each try emits exactly r's distribution whatever q_j is (given what came before), so any
+set of siblings is exact: drawn independently from one q, drawn without replacement (q_j
+renormalised over the tokens not drawn yet), or fixed tokens (q_j one-hot). With one child
+per node this is the chain rule of speculative sampling. It needs which nodes exist to
+depend only on what was known before each was drawn (docs/methods.md). Pure functions of
+tensors and an RNG: no model in here, so it is tested exhaustively.
 """
 
 from __future__ import annotations
@@ -20,72 +38,72 @@ import torch
 
 from adaspec.config import SamplingParams
 from adaspec.sampling import probabilities, sample
+from adaspec.tree import ROOT, TokenTree
 
 
 @dataclass(frozen=True)
-class Verdict:
-    """The outcome of verifying one draft."""
-
-    tokens: list[int]  # [n_accepted + 1]: accepted draft prefix, then recovered or bonus token
-    n_accepted: int
+class TreeVerdict:
+    path: list[int]  # accepted node indices, from the first level down
+    tokens: list[int]  # [len(path) + 1]: the accepted tokens, then the recovered or bonus one
 
 
-def verify(
-    target_logits: torch.Tensor,  # [k + 1, vocab]: row i scores the token after x_1..x_i
-    draft_tokens: Sequence[int],  # [k]
-    draft_probs: torch.Tensor | None,  # [k, vocab] warped q rows; None = deterministic drafter
+def verify_tree(
+    target_logits: torch.Tensor,  # [n + 1, vocab]: row 0 the root's, row i + 1 node i's
+    tree: TokenTree,
+    draft_probs: torch.Tensor | None,  # [n, vocab] q_j each node was drawn from; None: one-hot
     params: SamplingParams,
     generator: torch.Generator | None = None,
-) -> Verdict:
-    """Accept a prefix of the draft so that the output follows the target exactly."""
-    k = len(draft_tokens)
-    if target_logits.shape[0] != k + 1:
-        raise ValueError(f"need {k + 1} target rows for a {k}-token draft")
+) -> TreeVerdict:
+    if target_logits.shape[0] != len(tree) + 1:
+        raise ValueError(f"need {len(tree) + 1} target rows for a {len(tree)}-node tree")
     if params.greedy:
-        return verify_greedy(target_logits, draft_tokens)
-    return verify_sampling(
-        probabilities(target_logits, params), draft_tokens, draft_probs, generator
-    )
+        return walk_greedy(target_logits.argmax(-1).tolist(), tree)
+    p = probabilities(target_logits, params)  # [n + 1, vocab]
+    return walk_sampling(p, tree, draft_probs, generator)
 
 
-def verify_greedy(target_logits: torch.Tensor, draft_tokens: Sequence[int]) -> Verdict:
-    """Accept the longest draft prefix equal to the target's argmax, then the target's own
-    next token. Identical to greedy autoregressive decoding, token for token."""
-    choice = target_logits.argmax(-1).tolist()  # [k + 1]; one host sync per step
-    n = 0
-    while n < len(draft_tokens) and draft_tokens[n] == choice[n]:
-        n += 1
-    return Verdict([*draft_tokens[:n], choice[n]], n)
+def walk_greedy(choice: list[int], tree: TokenTree) -> TreeVerdict:
+    """``choice``: [n + 1] the target's argmax at each row."""
+    path: list[int] = []
+    node = ROOT
+    while True:
+        want = choice[node + 1]
+        match = next((c for c in tree.children(node) if tree.tokens[c] == want), None)
+        if match is None:
+            return TreeVerdict(path, [*(tree.tokens[i] for i in path), want])
+        path.append(match)
+        node = match
 
 
-def verify_sampling(
-    p: torch.Tensor,  # [k + 1, vocab] target probabilities, already warped
-    draft_tokens: Sequence[int],  # [k], x_i drawn from q_i
-    q: torch.Tensor | None,  # [k, vocab]; None means one-hot at x_i (n-gram drafts)
-    generator: torch.Generator | None = None,
-) -> Verdict:
-    """Speculative sampling: the kept tokens are distributed exactly as p.
+def walk_sampling(
+    p: torch.Tensor,  # [n + 1, vocab]
+    tree: TokenTree,
+    q: torch.Tensor | None,  # [n, vocab]
+    generator: torch.Generator | None,
+) -> TreeVerdict:
+    path: list[int] = []
+    node = ROOT
+    while True:
+        r = p[node + 1]  # [vocab] what the target owes at this node
+        accepted = None
+        for child in tree.children(node):
+            x = tree.tokens[child]
+            q_j = _draft_row(q, child, x, r)
+            u = float(torch.rand(1, generator=generator))
+            if u * float(q_j[x]) < float(r[x]):  # u < r/q, without dividing by q
+                accepted = child
+                break
+            r = residual(r, q_j)
+        if accepted is None:
+            return TreeVerdict(path, [*(tree.tokens[i] for i in path), sample(r, generator)])
+        path.append(accepted)
+        node = accepted
 
-    Accept rule, token by token:
-      accept x_i with probability min(1, p_i(x_i) / q_i(x_i));
-      on the first rejection draw the recovered token from norm(max(0, p_i - q_i));
-      if all k are accepted draw a bonus token from p_{k+1}.
-    """
-    k = len(draft_tokens)
-    if k == 0:
-        return Verdict([sample(p[0], generator)], 0)
-    x = torch.tensor(list(draft_tokens), device=p.device)  # [k]
-    rows = torch.arange(k, device=p.device)
-    p_x = p[rows, x]  # [k]
-    q_x = q[rows, x].to(p.device) if q is not None else torch.ones_like(p_x)  # [k]
-    u = torch.rand(k, generator=generator).to(p.device)  # [k], CPU generator like sample()
-    rejected = (u * q_x >= p_x).nonzero()  # u < p/q  <=>  u * q < p, without dividing by q
-    if rejected.numel() == 0:
-        return Verdict([*draft_tokens, sample(p[k], generator)], k)
-    n = int(rejected[0])
-    q_n = q[n].to(p.device) if q is not None else torch.nn.functional.one_hot(x[n], p.shape[-1])
-    recovered = sample(residual(p[n], q_n), generator)
-    return Verdict([*draft_tokens[:n], recovered], n)
+
+def _draft_row(q: torch.Tensor | None, node: int, token: int, like: torch.Tensor) -> torch.Tensor:
+    if q is not None:
+        return q[node].to(like.device, like.dtype)
+    return torch.nn.functional.one_hot(torch.tensor(token), like.shape[-1]).to(like.dtype)
 
 
 def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -95,3 +113,40 @@ def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     owed = (p - q).clamp_min(0.0)  # [vocab]
     mass = owed.sum()
     return owed / mass if mass > 0 else p
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A chain's outcome: the accepted prefix, then the recovered or bonus token."""
+
+    tokens: list[int]  # [n_accepted + 1]
+    n_accepted: int
+
+
+def verify(
+    target_logits: torch.Tensor,  # [k + 1, vocab]: row i scores the token after x_1..x_i
+    draft_tokens: Sequence[int],  # [k]
+    draft_probs: torch.Tensor | None,  # [k, vocab] warped q rows; None = deterministic
+    params: SamplingParams,
+    generator: torch.Generator | None = None,
+) -> Verdict:
+    """``verify_tree`` on a chain."""
+    verdict = verify_tree(
+        target_logits, TokenTree.chain(draft_tokens), draft_probs, params, generator
+    )
+    return Verdict(verdict.tokens, len(verdict.path))
+
+
+def verify_greedy(target_logits: torch.Tensor, draft_tokens: Sequence[int]) -> Verdict:
+    verdict = walk_greedy(target_logits.argmax(-1).tolist(), TokenTree.chain(draft_tokens))
+    return Verdict(verdict.tokens, len(verdict.path))
+
+
+def verify_sampling(
+    p: torch.Tensor,  # [k + 1, vocab] target probabilities, already warped
+    draft_tokens: Sequence[int],  # [k], x_i drawn from q_i
+    q: torch.Tensor | None,  # [k, vocab]; None means one-hot at x_i (n-gram drafts)
+    generator: torch.Generator | None = None,
+) -> Verdict:
+    verdict = walk_sampling(p, TokenTree.chain(draft_tokens), q, generator)
+    return Verdict(verdict.tokens, len(verdict.path))

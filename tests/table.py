@@ -15,6 +15,7 @@ import torch
 from adaspec.bench.replay import ScriptedClock as Clock  # time passes only when charged
 from adaspec.config import SamplingParams
 from adaspec.sampling import probabilities
+from adaspec.tree import TokenTree
 
 
 def gpu_like(n: int) -> float:
@@ -77,14 +78,20 @@ class TableBackend:
         self.prefill(tokens)
         return self.row(self.cache).clone()
 
-    def forward(self, tokens: Sequence[int]) -> torch.Tensor:
+    def forward(self, tokens: Sequence[int], parents: Sequence[int] | None = None) -> torch.Tensor:
         if self.clock is not None:
             self.clock.now += self.cost_ms(len(tokens)) / 1000
-        start = len(self.cache)
-        self.cache.extend(tokens)
-        ends = range(start, len(self.cache))  # [k] positions of the new tokens
-        before = [self.cache[i - 1] if i else self.cache[i] for i in ends]
-        return self.table[before, self.cache[start:]]  # [k, vocab]
+        tree = (
+            TokenTree.chain(tokens) if parents is None else TokenTree(tuple(tokens), tuple(parents))
+        )
+        self._start, self._tree = len(self.cache), tree
+        rows = [self.row([*self.cache, *tree.path_tokens(i)]) for i in range(len(tree))]
+        self.cache.extend(tokens)  # positions held until commit keeps one path
+        return torch.stack(rows) if rows else self.table[0, 0, :0]  # [k, vocab]
+
+    def commit(self, path: Sequence[int]) -> None:
+        del self.cache[self._start :]
+        self.cache.extend(self._tree.tokens[i] for i in path)
 
     def forward_hidden(self, tokens: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.forward(tokens)

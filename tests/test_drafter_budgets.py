@@ -25,7 +25,7 @@ class RecordingNgram(NgramDrafter):
         self.budgets: list[int] = []
 
     def propose(self, state: DecodeState, budget: Budget) -> Draft:
-        self.budgets.append(budget.max_tokens)
+        self.budgets.append(budget.depth_limit)
         return super().propose(state, budget)
 
 
@@ -46,9 +46,9 @@ class CountingBackend(TableBackend):
         super().__init__(*args, **kwargs)
         self.forwards = 0
 
-    def forward(self, tokens):
+    def forward(self, tokens, parents=None):
         self.forwards += 1
-        return super().forward(tokens)
+        return super().forward(tokens, parents)
 
 
 def test_a_draft_model_the_plan_rules_out_pays_no_forwards():
@@ -69,6 +69,8 @@ def test_a_draft_model_the_plan_rules_out_pays_no_forwards():
 
 class FixedDraft:
     """An arm that always proposes the same draft."""
+
+    row_top_k = 0
 
     def __init__(self, draft: Draft) -> None:
         self.draft = draft

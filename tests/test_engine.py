@@ -136,9 +136,9 @@ class CountingBackend:
         self.inner = inner
         self.forwards: list[int] = []
 
-    def forward(self, tokens):
+    def forward(self, tokens, parents=None):
         self.forwards.append(len(tokens))
-        return self.inner.forward(tokens)
+        return self.inner.forward(tokens, parents)
 
     def __getattr__(self, name):
         return getattr(self.inner, name)

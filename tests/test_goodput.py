@@ -67,7 +67,9 @@ def simulate(policy, cost, acceptance_at, steps, confidence=0.9, draft_ms=0.0, s
     lengths = []
     for step in range(steps):
         budget = policy.budget(state).for_drafter("synthetic")
-        draft = Draft([7] * budget.max_tokens, None, [confidence] * budget.max_tokens, "synthetic")
+        draft = Draft(
+            [7] * budget.depth_limit, None, [confidence] * budget.depth_limit, "synthetic"
+        )
         verified = policy.trim(draft)
         accepted = 0
         while accepted < verified and rng.random() < acceptance_at(step):
@@ -257,6 +259,8 @@ def test_verify_cost_interpolates_and_extrapolates():
 class _ScriptedArm:
     """A drafter whose outcome the test decides."""
 
+    row_top_k = 0
+
     def __init__(self, name: str) -> None:
         self.name = name
 
@@ -301,6 +305,8 @@ class _CostedArm:
     """A drafter that fills its budget with tokens of one confidence when ``has_draft``
     says it has any, each token costing ``ms`` of drafting; counts how often it is asked."""
 
+    row_top_k = 0
+
     def __init__(self, name: str, ms: float, confidence: float, has_draft=lambda step: True):
         self.name, self.ms, self.confidence, self.has_draft = name, ms, confidence, has_draft
         self.step = 0
@@ -312,7 +318,7 @@ class _CostedArm:
 
     def propose(self, state, budget: Budget) -> Draft:
         self.asked += 1
-        k = budget.max_tokens if self.has_draft(self.step) else 0
+        k = budget.depth_limit if self.has_draft(self.step) else 0
         self.spent_ms += self.ms * k
         return Draft([7] * k, None, [self.confidence] * k, self.name)
 
@@ -638,11 +644,11 @@ def test_a_draft_the_calibration_doubts_stops_before_its_next_token():
     policy.set_up.add("model")
     budget = policy.budget(DecodeState([1] * 40, 40, SamplingParams(), torch.Generator()))
     model = budget.for_drafter("model")
-    assert model.max_tokens >= 3
+    assert model.depth_limit >= 3
     assert model.enough([0.05])
     assert not model.enough([0.99])
     assert not model.enough([0.99, 0.97])
-    assert model.enough([0.99] * model.max_tokens)
+    assert model.enough([0.99] * model.depth_limit)
     assert not budget.for_drafter("ngram").enough([0.05])  # not timed: no stop rule
 
 

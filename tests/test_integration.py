@@ -155,3 +155,33 @@ def test_llama_cpp_and_torch_share_the_chat_format():
         tokenizer = load_backend(DRAFT, name).tokenizer
         ids[name] = encode_prompt(tokenizer, PROMPTS[0], chat=True)
     assert ids["llama.cpp"] == ids["torch"]
+
+
+@needs_llama
+@pytest.mark.parametrize("accepted", [3, 1], ids=["last-path", "other-path"])
+def test_llama_cpp_tree_rows_and_commit_match_one_token_decoding(accepted):
+    """Every node's row of a tree forward is bit-identical to decoding its root path one
+    token at a time; after commit(path) the next row equals the one after decoding the
+    committed tokens one at a time (the path scored last, and one that must be re-fed)."""
+    from adaspec.tree import ROOT, TokenTree
+
+    backend = load_backend(DRAFT, "llama.cpp")
+    prompt = encode_prompt(backend.tokenizer, PROMPTS[0], chat=True)
+    tree = TokenTree((73594, 12669, 198, 1040, 20501), (ROOT, 0, 0, 1, ROOT))
+
+    def one_by_one(path_tokens: list[int]) -> torch.Tensor:
+        backend.reset()
+        backend.prefill(prompt)
+        rows = [backend.forward([t])[0].clone() for t in path_tokens]
+        return torch.stack(rows)
+
+    backend.reset()
+    backend.prefill(prompt)
+    rows = backend.forward(tree.tokens, tree.parents).clone()
+    path = tree.path(accepted)
+    backend.commit(path)
+    after_commit = backend.forward([100])[0].clone()
+    for node in range(len(tree)):
+        assert torch.equal(rows[node], one_by_one(tree.path_tokens(node))[-1]), node
+    want = one_by_one([*tree.path_tokens(accepted), 100])[-1]
+    assert torch.equal(after_commit, want)

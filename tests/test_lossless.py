@@ -27,7 +27,7 @@ VOCAB = 4
 # Token 2 ends the prompt unseen before, so the lookup has no match at first and auto's
 # goodput asks its model arm; later tokens all have matches.
 PROMPT = [0, 1, 2]
-SAMPLES = 8000  # per configuration: about 4 s at most here
+SAMPLES = 7000  # per configuration: about 3 s at most here
 MAX_TV = 0.05  # every test must detect a total-variation error this large (power 0.9)
 SETTINGS = {
     "t0.7-topk3": SamplingParams(0.7, top_k=3),
@@ -73,12 +73,12 @@ def first_three_test(drafter: str, policy: str, params: SamplingParams):
 
 def test_the_tests_detect_a_few_percent():
     """What SAMPLES buys on the joint of three tokens at the settings used (27 and up to
-    64 cells): an error of total variation 0.038 (top-k 3) or 0.043 (64 cells) is found
+    64 cells): an error of total variation 0.041 (top-k 3) or 0.048 (64 cells) is found
     with probability 0.9 at level 1e-3."""
     uniform = torch.full((VOCAB,) * 3, 1.0 / VOCAB**3)
     test = chi_square(uniform * SAMPLES, uniform)
     assert test.dof == 63 and test.detectable_tv() < MAX_TV
-    assert math.isclose(test.detectable_tv(), 0.045, abs_tol=0.003)
+    assert math.isclose(test.detectable_tv(), 0.048, abs_tol=0.002)
 
 
 @pytest.mark.parametrize("setting", list(SETTINGS))
@@ -95,9 +95,9 @@ def test_first_three_tokens_follow_the_target(drafter, policy, setting):
 def keep_q_one_row_late(verify):
     """A lossy rule: token i is judged against the draft's row for token i - 1."""
 
-    def wrong_row(logits, tokens, probs, params, generator):
+    def wrong_row(logits, tree, probs, params, generator):
         shifted = probs.roll(1, dims=0) if probs is not None else None
-        return verify(logits, tokens, shifted, params, generator)
+        return verify(logits, tree, shifted, params, generator)
 
     return wrong_row
 
@@ -109,7 +109,7 @@ def verify_only_a_drafted_zero(self, proposal) -> int:
 
 CONTROLS = {
     "resample-from-p": ("adaspec.verify.residual", lambda p, q: p),
-    "wrong-q-row": ("adaspec.engine.verify", keep_q_one_row_late(verify_module.verify)),
+    "wrong-q-row": ("adaspec.engine.verify_tree", keep_q_one_row_late(verify_module.verify_tree)),
     "token-dependent": ("adaspec.engine.Engine._to_verify", verify_only_a_drafted_zero),
 }
 

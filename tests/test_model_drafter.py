@@ -33,9 +33,9 @@ class CountingBackend:
         self.passes += 1
         return self.inner.score_prompt(tokens)
 
-    def forward(self, tokens):
+    def forward(self, tokens, parents=None):
         self.passes += 1
-        return self.inner.forward(tokens)
+        return self.inner.forward(tokens, parents)
 
 
 def test_a_fully_accepted_draft_costs_one_pass_per_drafted_token():

@@ -5,8 +5,16 @@ import torch
 
 from adaspec.budget import Budget
 from adaspec.config import SamplingParams
-from adaspec.drafters.ngram import NgramDrafter, copy_confidences, match_confidence, prompt_lookup
+from adaspec.drafters.ngram import (
+    NgramDrafter,
+    continuation_tree,
+    copy_confidences,
+    earlier_continuations,
+    match_confidence,
+    prompt_lookup,
+)
 from adaspec.state import DecodeState
+from adaspec.tree import ROOT
 
 
 @pytest.mark.parametrize(
@@ -42,3 +50,24 @@ def test_each_copied_token_has_the_confidence_of_the_match_it_extends():
     assert draft.tokens == [7, 8, 9]
     assert draft.confidences == copy_confidences(2, 3)
     assert draft.confidences[0] < draft.confidences[1] < draft.confidences[2]
+
+
+def test_earlier_occurrences_branch_where_their_continuations_differ():
+    tokens = [1, 2, 3, 4, 9, 1, 2, 3, 5, 9, 1, 2]  # "1 2" was followed by 3 4 and by 3 5
+    found = earlier_continuations(tokens, 3, 3, 1, most=3)
+    assert found == [([3, 5, 9], 3), ([3, 4, 9], 2)]  # "9 1 2" matched once, "1 2" twice
+    nodes, parents, origin = continuation_tree([c for c, _ in found], max_nodes=8)
+    assert (nodes, parents, origin) == ([3, 5, 9, 4, 9], (ROOT, 0, 1, 0, 3), [0, 0, 0, 1, 1])
+    assert continuation_tree([c for c, _ in found], max_nodes=4)[0] == [3, 5, 9, 4]
+
+
+def test_the_lookup_drafts_a_tree_only_where_the_budget_has_room_for_one():
+    state = DecodeState(
+        [1, 2, 3, 4, 9, 1, 2, 3, 5, 9, 1, 2], 12, SamplingParams(), torch.Generator()
+    )
+    drafter = NgramDrafter()
+    chain = drafter.propose(state, Budget(3))
+    assert (chain.tokens, chain.parents) == ([3, 5, 9], None)
+    tree = drafter.propose(state, Budget(8, max_depth=3))
+    assert tree.tokens == [3, 5, 9, 4, 9] and tree.parents == (ROOT, 0, 1, 0, 3)
+    assert tree.confidences[3] < tree.confidences[1]  # the older branch is less likely

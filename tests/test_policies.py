@@ -47,7 +47,8 @@ def test_confidence_budget():
 
 
 def test_budget_capped():
-    assert Budget(6, 0.4).capped(2) == Budget(2, 0.4)
+    assert Budget(6, 0.4).capped(2) == Budget(6, 0.4, max_depth=2)  # depth 2, 6 nodes
+    assert Budget(6, 0.4).capped(2).depth_limit == 2
     assert Budget(6).capped(-1).max_tokens == 0
 
 

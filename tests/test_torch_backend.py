@@ -72,7 +72,7 @@ def full_recompute(model, ids: list[int]) -> torch.Tensor:
 
 
 def test_a_tree_forward_scores_each_node_after_its_own_path():
-    """Row i of forward_tree equals the row a plain model gives after the committed text
+    """Row i of a tree forward equals the row a plain model gives after the committed text
     and node i's root path; after commit(path) the cache scores the next token as a fresh
     prefill of the text and the path does, and keeps no other node."""
     from adaspec.tree import ROOT, TokenTree
@@ -81,7 +81,7 @@ def test_a_tree_forward_scores_each_node_after_its_own_path():
     text = [5, 17, 42, 8]
     tree = TokenTree((11, 12, 13, 14, 15), (ROOT, 0, 0, 1, ROOT))  # two branches under 11
     b.prefill(text)
-    rows = b.forward_tree(tree)
+    rows = b.forward(tree.tokens, tree.parents)
     for node in range(len(tree)):
         want = full_recompute(b.model, [*text, *tree.path_tokens(node)])
         assert torch.allclose(rows[node], want, atol=1e-9), node

@@ -9,8 +9,7 @@ import torch
 from adaspec.config import SamplingParams
 from adaspec.sampling import sample
 from adaspec.tree import ROOT, TokenTree
-from adaspec.verify import verify_greedy
-from adaspec.verify_tree import verify_tree
+from adaspec.verify import verify_greedy, verify_tree
 from tests.power import ALPHA, chi_square
 
 VOCAB = 4
@@ -115,6 +114,6 @@ def test_the_first_two_tokens_follow_the_target(pair, siblings, mode):
 def test_a_residual_not_updated_between_siblings_fails(pair, monkeypatch):
     """The control: trying every sibling against p itself, rather than against what the
     target still owes after the rejected ones, overweights the draft's favourites."""
-    monkeypatch.setattr("adaspec.verify_tree.residual", lambda r, q: r)
+    monkeypatch.setattr("adaspec.verify.residual", lambda r, q: r)
     test = chi_square(sampled_joint(pair, 3, "iid"), exact_joint(pair))
     assert test.p_value < ALPHA, test

@@ -151,6 +151,6 @@ class ClockedBackend:
     def __getattr__(self, name: str):
         return getattr(self.inner, name)
 
-    def forward(self, tokens):
+    def forward(self, tokens, parents=None):
         self.clock.now += (10 + len(tokens)) / 1000
-        return self.inner.forward(tokens)
+        return self.inner.forward(tokens, parents)

@@ -1,8 +1,8 @@
 """The Backend protocol: the only way the engine and the drafters touch a model.
 
-The cache discipline is explicit: ``forward`` appends positions, ``rollback(length)``
-drops every position at or past ``length``. The engine keeps the committed prefix and
-rolls back rejected draft positions, so a backend never has to know about speculation.
+The cache discipline is explicit: ``forward`` appends positions (a chain, or a token
+tree's nodes), ``commit(path)`` keeps the accepted ones, ``rollback(length)`` drops every
+position at or past ``length``. A backend never has to know about speculation.
 """
 
 from __future__ import annotations
@@ -78,9 +78,16 @@ class Backend(Protocol):
         row is the caller's (a later forward does not overwrite it)."""
         ...
 
-    def forward(self, tokens: Sequence[int]) -> torch.Tensor:
+    def forward(self, tokens: Sequence[int], parents: Sequence[int] | None = None) -> torch.Tensor:
         """Append tokens to the cache; row i of the result [k, vocab] scores the token
-        that follows tokens[: i + 1]."""
+        that follows tokens[: i + 1]. With ``parents`` ([k], tree.ROOT for a node under the
+        cached text) the tokens are a tree's nodes, and row i scores what follows node i
+        and its ancestors only; ``commit`` then keeps one root path."""
+        ...
+
+    def commit(self, path: Sequence[int]) -> None:
+        """After a forward: keep the cached text and the nodes of ``path`` (node indices of
+        a root path, from the first level down) at consecutive positions; drop the rest."""
         ...
 
     def forward_hidden(self, tokens: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:

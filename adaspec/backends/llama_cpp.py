@@ -23,6 +23,7 @@ from adaspec.backends.base import BACKENDS
 from adaspec.backends.context import context_size
 from adaspec.errors import ModelError
 from adaspec.models import check_gguf_file
+from adaspec.tree import TokenTree, common_prefix, is_chain
 
 SEQ = 0  # the single sequence this backend uses
 # Largest batch that ggml's CPU kernels score bit-identically to one-token decoding (a build
@@ -162,6 +163,9 @@ class LlamaCppBackend:
         self._memory = lc.llama_get_memory(self._ctx)
         self._length = 0
         self._embeddings = False
+        self._tree_start = 0  # cached positions before the last forward's nodes
+        self._tree: TokenTree | None = None  # the last forward's tree (None: a chain)
+        self._held: list[int] = []  # its nodes the cache holds after the last path scored
 
     @classmethod
     def load(
@@ -224,13 +228,49 @@ class LlamaCppBackend:
         self._decode(tokens[last:], scored_from=len(tokens) - last - 1)
         return torch.from_numpy(self._logits(1)[0].copy())  # [vocab], outlives the buffer
 
-    def forward(self, tokens: Sequence[int]) -> torch.Tensor:
-        """[k, vocab] logits. Up to EXACT_BATCH tokens this is a view of llama.cpp's buffer,
-        valid until the next call; longer drafts are decoded in exact-size pieces and copied."""
+    def forward(self, tokens: Sequence[int], parents: Sequence[int] | None = None) -> torch.Tensor:
+        """[k, vocab] logits. A chain of up to EXACT_BATCH tokens is a view of llama.cpp's
+        buffer, valid until the next call; longer ones are decoded in exact-size pieces and
+        copied. A tree is scored path by path (``_forward_tree``)."""
+        self._tree_start, self._tree = self._length, None
+        if parents is not None and not is_chain(parents):
+            self._tree = TokenTree(tuple(tokens), tuple(parents))
+            return torch.from_numpy(self._forward_tree(self._tree))
         if len(tokens) <= EXACT_BATCH:
             self._decode(tokens)
             return torch.from_numpy(self._logits(len(tokens)))
         return torch.from_numpy(self._score_in_pieces(tokens, hidden=False)[0])
+
+    def _forward_tree(self, tree: TokenTree) -> np.ndarray:
+        """Each root path decoded in this one sequence, depth first: a path's nodes after
+        the part it shares with the path before it, each node once. Every row is then
+        exactly what one-token decoding of its path gives. Nodes of several paths in one
+        batch would be cheaper, but in a unified KV cache only the first path's rows come
+        out bit-identical (their cells interleave), and split KV streams cost a copy of the
+        whole context per step; on a CPU, where a forward costs about its rows, one batch
+        saves little. The likeliest path is decoded last: committing it is a rollback."""
+        rows = np.empty((len(tree), self._n_vocab), dtype=np.float32)  # [n, vocab]
+        held: list[int] = []  # nodes after the cached text, in cache order
+        for path in tree.dfs_paths():
+            shared = common_prefix(held, path)
+            self.rollback(self._tree_start + shared)
+            new = path[shared:]
+            rows[new] = self._score_in_pieces([tree.tokens[i] for i in new], hidden=False)[0]
+            held = path
+        self._held = held
+        return rows
+
+    def commit(self, path: Sequence[int]) -> None:
+        start = self._tree_start
+        if self._tree is None:  # a chain: the path is a prefix of it
+            self.rollback(start + len(path))
+            return
+        shared = common_prefix(self._held, path)
+        self.rollback(start + shared)
+        missing = [self._tree.tokens[i] for i in path[shared:]]
+        for piece in range(0, len(missing), EXACT_BATCH):  # sizes that cache exactly
+            self._decode(missing[piece : piece + EXACT_BATCH], scored_from=EXACT_BATCH)
+        self._tree = None
 
     def forward_hidden(self, tokens: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Like ``forward``, with llama.cpp's output embeddings (the final normed hidden

@@ -23,7 +23,7 @@ from adaspec.backends.context import context_size
 from adaspec.backends.layout_timing import place_weights
 from adaspec.errors import ModelError
 from adaspec.models import cache_dir, check_gguf_file
-from adaspec.tree import TokenTree
+from adaspec.tree import TokenTree, is_chain
 
 log = logging.getLogger(__name__)  # the CLI shows adaspec's INFO lines on stderr
 
@@ -66,7 +66,8 @@ class TorchBackend:
     ) -> None:
         self.model = model.eval()
         self.max_context: int | None = None  # --context, below the model's own
-        self._tree_start = 0  # cached positions before the last forward_tree's nodes
+        self._tree_start = 0  # cached positions before the last forward's nodes
+        self._tree: TokenTree | None = None  # the last forward's tree (None: a chain)
         self.tokenizer = tokenizer
         self.label = label
         self.device = next(model.parameters()).device
@@ -144,19 +145,21 @@ class TorchBackend:
         return self._run(tokens, logits_to_keep=1)[0, -1]  # [vocab]
 
     @torch.inference_mode()
-    def forward(self, tokens: Sequence[int]) -> torch.Tensor:
-        return self._run(tokens, logits_to_keep=0)[0]  # [k, vocab]
+    def forward(self, tokens: Sequence[int], parents: Sequence[int] | None = None) -> torch.Tensor:
+        self._tree_start, self._tree = self.length, None
+        if parents is None or is_chain(parents):
+            return self._run(tokens, logits_to_keep=0)[0]  # [k, vocab]
+        self._tree = TokenTree(tuple(tokens), tuple(parents))
+        return self._forward_tree(self._tree)
 
     @torch.inference_mode()
     def forward_hidden(self, tokens: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         out = self._call(tokens, logits_to_keep=0, output_hidden_states=True)
         return out.logits[0], out.hidden_states[-1][0]  # [k, vocab], [k, hidden] (after norm)
 
-    @torch.inference_mode()
-    def forward_tree(self, tree: TokenTree) -> torch.Tensor:
-        """Append a token tree's nodes; row i of the result [n, vocab] scores the token after
-        node i, each node attending to the cached text and its own ancestors only (a 4-D
-        mask; positions by depth). ``commit`` then keeps one root path."""
+    def _forward_tree(self, tree: TokenTree) -> torch.Tensor:
+        """Row i [n, vocab] scores the token after node i, each node attending to the cached
+        text and its own ancestors only (a 4-D mask; positions by depth)."""
         past, n = self.length, len(tree)
         seen = torch.ones(n, past + n, dtype=torch.bool)
         seen[:, past:] = tree.ancestor_mask()
@@ -170,13 +173,13 @@ class TorchBackend:
             cache=self._cache,
             use_cache=True,
         )
-        self._tree_start = past
         return out.logits[0]  # [n, vocab]
 
     def commit(self, path: Sequence[int]) -> None:
-        """After ``forward_tree``: keep the cached text and the nodes of ``path`` (a root
-        path's node indices), now at consecutive positions; drop every other node."""
         start = self._tree_start
+        if self._tree is None:  # a chain: the path is a prefix of it
+            self.rollback(start + len(path))
+            return
         keep = torch.tensor([*range(start), *(start + i for i in path)], device=self.device)
         for layer in self._cache.layers:
             layer.keys = layer.keys.index_select(-2, keep)  # [batch, heads, seq, head_dim]

@@ -24,6 +24,7 @@ from adaspec.config import GenerationConfig
 from adaspec.errors import ConfigError
 from adaspec.models import resolve_model
 from adaspec.profile import CostProfile, profile_path
+from adaspec.tree import TokenTree
 
 BASELINE = "none"
 
@@ -63,7 +64,9 @@ class ScriptedTarget:
     """A Backend that answers from a script: row i of a forward puts all its mass on the
     script's next token while the cache still follows the script (on token 0 after a
     rejected draft token, which verification never reads), and charges the clock the
-    profile's cost of a forward over that many positions at that context."""
+    profile's cost of a forward over that many positions at that context. A drafter that
+    learns from the rows (recycling, aded) learns only the target's first choices here,
+    not its runners-up: a replay understates it."""
 
     tokenizer = None
 
@@ -108,13 +111,25 @@ class ScriptedTarget:
         self.prefill(tokens)
         return self._next_row()
 
-    def forward(self, tokens: Sequence[int]) -> torch.Tensor:
+    def forward(self, tokens: Sequence[int], parents: Sequence[int] | None = None) -> torch.Tensor:
+        """Row i follows the script while node i's root path does (a tree's nodes are
+        accepted exactly when they are the recorded answer along the accepted path)."""
+        self.clock.now += self.profile.cost_ms(len(tokens), len(self.cache) + len(tokens)) / 1000
+        tree = (
+            TokenTree.chain(tokens) if parents is None else TokenTree(tuple(tokens), tuple(parents))
+        )
+        self._start, self._tree = len(self.cache), tree
         rows = []
-        for token in tokens:
-            self._append(token)
+        for node in range(len(tree)):
+            self.prefill(tree.path_tokens(node))
             rows.append(self._next_row())
-        self.clock.now += self.profile.cost_ms(len(tokens), len(self.cache)) / 1000
-        return torch.stack(rows)  # [k, vocab]
+            self.rollback(self._start)
+        self.prefill(tokens)  # held until commit keeps one path
+        return torch.stack(rows) if rows else torch.zeros(0, self._vocab_size)  # [k, vocab]
+
+    def commit(self, path: Sequence[int]) -> None:
+        self.rollback(self._start)
+        self.prefill([self._tree.tokens[i] for i in path])
 
     def forward_hidden(self, tokens: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         raise ConfigError("replay has no hidden states: replay methods without an acceptance head")
@@ -132,8 +147,8 @@ class ScriptedTarget:
     def _next_row(self) -> torch.Tensor:
         at = len(self.cache)
         follows = self.on_script == at and at < len(self.script)
-        row = torch.zeros(self._vocab_size)  # [vocab]
-        row[self.script[at] if follows else 0] = 1.0
+        row = torch.full((self._vocab_size,), -30.0)  # [vocab] logits: the script is sure
+        row[self.script[at] if follows else 0] = 0.0
         return row
 
 

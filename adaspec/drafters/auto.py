@@ -29,9 +29,13 @@ from adaspec.budget import Budget
 from adaspec.draft import Draft
 from adaspec.drafters.base import DRAFTERS, Drafter
 from adaspec.drafters.model import ModelDrafter
-from adaspec.drafters.ngram import NgramDrafter
+from adaspec.drafters.model_tree import ModelTreeDrafter
 from adaspec.state import DecodeState
 from adaspec.stats import StepOutcome
+
+# The model-free arms, cheapest to propose first: each is asked (it costs next to nothing)
+# and the policy values what it proposes.
+MODEL_FREE_ARMS = ("ngram", "recycling", "aded")
 
 
 class _Arm:
@@ -65,14 +69,20 @@ class AutoDrafter:
         self.exploration = exploration
         self.arms = {name: _Arm() for name in arms}
         self.current: str | None = None  # the arm proposing in the step under way
+        self.row_top_k = max((arm.row_top_k for arm in arms.values()), default=0)
 
     @classmethod
     def create(cls, target: Backend, draft: Backend | None) -> AutoDrafter:
-        arms: dict[str, Drafter] = {"ngram": NgramDrafter.create(target, draft)}
-        shares = {"ngram": 0.0}
+        arms: dict[str, Drafter] = {
+            name: DRAFTERS.get(name).create(target, None) for name in MODEL_FREE_ARMS
+        }
+        shares = dict.fromkeys(arms, 0.0)
         if draft is not None:
-            arms["model"] = ModelDrafter.create(target, draft)
-            shares["model"] = draft.weight_bytes / max(target.weight_bytes, 1)
+            model = ModelDrafter.create(target, draft)
+            arms["model"], arms["model-tree"] = model, ModelTreeDrafter(model)  # one cache
+            shares["model"] = shares["model-tree"] = draft.weight_bytes / max(
+                target.weight_bytes, 1
+            )
         return cls(arms, shares)
 
     def start(self, state: DecodeState) -> None:

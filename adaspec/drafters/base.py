@@ -21,6 +21,7 @@ class Drafter(Protocol):
     name: ClassVar[str]  # its registry name (set by DRAFTERS.register)
     needs_draft_model: ClassVar[bool]  # cannot draft without a draft model
     uses_draft_model: ClassVar[bool]  # drafts with one when given (so do those that need one)
+    row_top_k: int  # how many of each verified row's likeliest tokens it learns from (0: none)
 
     @classmethod
     def create(cls, target: Backend, draft: Backend | None) -> Drafter:

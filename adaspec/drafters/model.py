@@ -22,12 +22,14 @@ from adaspec.head import AcceptanceHead, head_path
 from adaspec.sampling import probabilities, sample
 from adaspec.state import DecodeState
 from adaspec.stats import StepOutcome
+from adaspec.tree import common_prefix
 
 
 @DRAFTERS.register("model")
 class ModelDrafter:
     needs_draft_model: ClassVar[bool] = True
     uses_draft_model: ClassVar[bool] = True
+    row_top_k: ClassVar[int] = 0
 
     def __init__(
         self,
@@ -59,9 +61,9 @@ class ModelDrafter:
         self._fed = []
 
     def propose(self, state: DecodeState, budget: Budget) -> Draft:
-        if budget.max_tokens == 0:
+        if budget.depth_limit == 0:
             return Draft(source="model")
-        logits = self._catch_up(state.tokens)  # [vocab]
+        logits = self.catch_up(state.tokens)  # [vocab]
         tokens: list[int] = []
         rows: list[torch.Tensor] = []
         confidences: list[float] = []
@@ -85,11 +87,11 @@ class ModelDrafter:
     def observe(self, outcome: StepOutcome) -> None:
         pass  # the cache is re-synchronised from the committed tokens in propose()
 
-    def _catch_up(self, tokens: Sequence[int]) -> torch.Tensor:
+    def catch_up(self, tokens: Sequence[int]) -> torch.Tensor:
         """Roll back to the longest prefix shared with ``tokens`` and feed the rest in one
         forward that scores only the last (the prompt on the first call; after a fully
         accepted draft, its last token and the target's bonus token: one forward, not two)."""
-        shared = _common_prefix(self._fed, tokens)
+        shared = common_prefix(self._fed, tokens)
         shared = min(shared, len(tokens) - 1)  # feed at least one token to get logits
         self.backend.rollback(shared)
         del self._fed[shared:]
@@ -99,7 +101,7 @@ class ModelDrafter:
             self._fed.extend(missing[:-1])
             return self._feed(missing[-1:])
         self._fed.extend(missing)
-        return _fit_width(self.backend.score_prompt(missing), self.vocab_size)
+        return fit_width(self.backend.score_prompt(missing), self.vocab_size)
 
     def _rejection_likely(self, all_accepted: float) -> bool:
         """SpecDec++: stop once P(some drafted token is rejected) passes the threshold."""
@@ -108,10 +110,10 @@ class ModelDrafter:
     def _feed(self, tokens: Sequence[int]) -> torch.Tensor:
         self._fed.extend(tokens)
         if self.head is None:
-            return _fit_width(self.backend.forward(tokens)[-1], self.vocab_size)
+            return fit_width(self.backend.forward(tokens)[-1], self.vocab_size)
         logits, hidden = self.backend.forward_hidden(tokens)
         self._head_p = float(self.head.probability(hidden[-1:], logits[-1:])[0])
-        return _fit_width(logits[-1], self.vocab_size)
+        return fit_width(logits[-1], self.vocab_size)
 
 
 def _confidence(logits: torch.Tensor, q: torch.Tensor, state: DecodeState) -> float:
@@ -121,18 +123,10 @@ def _confidence(logits: torch.Tensor, q: torch.Tensor, state: DecodeState) -> fl
     return float(top)
 
 
-def _fit_width(row: torch.Tensor, width: int) -> torch.Tensor:
+def fit_width(row: torch.Tensor, width: int) -> torch.Tensor:
     """Draft logits on the target's vocabulary width (ids past a tokenizer are padding)."""
     if row.shape[-1] == width:
         return row
     if row.shape[-1] > width:
         return row[:width]
     return torch.nn.functional.pad(row, (0, width - row.shape[-1]), value=float("-inf"))
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i

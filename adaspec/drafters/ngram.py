@@ -18,6 +18,7 @@ from adaspec.draft import Draft
 from adaspec.drafters.base import DRAFTERS
 from adaspec.state import DecodeState
 from adaspec.stats import StepOutcome
+from adaspec.tree import ROOT, TokenTree
 
 
 def prompt_lookup(
@@ -50,6 +51,53 @@ def prompt_lookup_match(
     return [], 0
 
 
+def earlier_continuations(
+    tokens: Sequence[int], k: int, max_ngram: int, min_ngram: int, most: int
+) -> list[tuple[list[int], int]]:
+    """Up to ``most`` different k-token continuations of the text's tail from its earlier
+    occurrences, with the length of the n-gram each matched: longest n-gram first, most
+    recent first within one (the first is ``prompt_lookup_match``'s)."""
+    seq = np.asarray(tokens, dtype=np.int64)
+    found: list[tuple[list[int], int]] = []
+    for n in range(max_ngram, min_ngram - 1, -1):
+        if len(seq) <= n:
+            continue
+        windows = sliding_window_view(seq[:-1], n)  # [len - n, n]
+        for hit in np.flatnonzero((windows == seq[-n:]).all(axis=1))[::-1]:
+            continuation = _copy(seq.tolist(), int(hit) + n, k)
+            if all(continuation != seen for seen, _ in found):
+                found.append((continuation, n))
+            if len(found) == most:
+                return found
+    return found
+
+
+def continuation_tree(
+    continuations: Sequence[Sequence[int]], max_nodes: int
+) -> tuple[list[int], tuple[int, ...], list[int]]:
+    """The continuations merged into a trie, the first whole and first in node order, each
+    later one only from where it leaves those before it: (tokens, parents, which
+    continuation each node came from), at most ``max_nodes`` nodes."""
+    tokens: list[int] = []
+    parents: list[int] = []
+    origin: list[int] = []
+    child: dict[tuple[int, int], int] = {}  # (parent, token) -> node
+    for index, continuation in enumerate(continuations):
+        parent = ROOT
+        for token in continuation:
+            node = child.get((parent, token))
+            if node is None:
+                if len(tokens) == max_nodes:
+                    break
+                node = len(tokens)
+                tokens.append(token)
+                parents.append(parent)
+                origin.append(index)
+                child[(parent, token)] = node
+            parent = node
+    return tokens, tuple(parents), origin
+
+
 def _copy(seq: list[int], source: int, k: int) -> list[int]:
     out: list[int] = []
     for i in range(k):
@@ -79,10 +127,12 @@ def copy_confidences(n: int, k: int) -> list[float]:
 class NgramDrafter:
     needs_draft_model: ClassVar[bool] = False
     uses_draft_model: ClassVar[bool] = False
+    row_top_k: ClassVar[int] = 0
 
-    def __init__(self, max_ngram: int = 6, min_ngram: int = 1) -> None:
+    def __init__(self, max_ngram: int = 6, min_ngram: int = 1, branches: int = 3) -> None:
         self.max_ngram = max_ngram
         self.min_ngram = min_ngram
+        self.branches = branches  # most earlier occurrences whose continuations are drafted
 
     @classmethod
     def create(cls, target: Backend, draft: Backend | None) -> NgramDrafter:
@@ -92,10 +142,24 @@ class NgramDrafter:
         pass
 
     def propose(self, state: DecodeState, budget: Budget) -> Draft:
-        tokens, n = prompt_lookup_match(
-            state.tokens, budget.max_tokens, self.max_ngram, self.min_ngram
+        """The most recent match's continuation; where the budget leaves room for more
+        nodes than one path, the other continuations of the same n-gram branch off it."""
+        k = budget.depth_limit
+        tokens, n = prompt_lookup_match(state.tokens, k, self.max_ngram, self.min_ngram)
+        confidences = copy_confidences(n, len(tokens))
+        if budget.max_tokens <= len(tokens) or self.branches < 2 or not tokens:
+            return Draft(tokens, None, confidences, "ngram")
+        found = earlier_continuations(
+            state.tokens, k, self.max_ngram, self.min_ngram, self.branches
         )
-        return Draft(tokens, None, copy_confidences(n, len(tokens)), "ngram")
+        nodes, parents, origin = continuation_tree([c for c, _ in found], budget.max_tokens)
+        depths = TokenTree(tuple(nodes), parents).depths
+        # a node: its match's confidence at its depth, shared with the branches before it
+        conf = [
+            match_confidence(found[o][1] + d - 1) / (1 + o)
+            for d, o in zip(depths, origin, strict=True)
+        ]
+        return Draft(nodes, None, conf, "ngram", None if len(found) == 1 else parents)
 
     def observe(self, outcome: StepOutcome) -> None:
         pass

@@ -17,6 +17,7 @@ from adaspec.stats import StepOutcome
 class NoDrafter:
     needs_draft_model: ClassVar[bool] = False
     uses_draft_model: ClassVar[bool] = False
+    row_top_k: ClassVar[int] = 0
 
     @classmethod
     def create(cls, target: Backend, draft: Backend | None) -> NoDrafter:

@@ -211,7 +211,13 @@ class Acceptance:
         drafting cost: a draft model whose first token is too doubtful to verify wastes a
         forward, and must look less promising for it, not unchanged. The tested tokens are
         pooled with how sure the target is of the text now."""
-        tested = accepted + (1 if accepted < drafted or trimmed else 0)
+        self.observe_tested(
+            drafter, accepted + (1 if accepted < drafted or trimmed else 0), accepted
+        )
+
+    def observe_tested(self, drafter: str, tested: float, accepted: float) -> None:
+        """Tokens the target judged (in a tree: the nodes whose parent was accepted) and
+        how many of them it accepted."""
         sure = self._sureness_now()
         for table, memory in ((self.counts, self.memory), (self.pooled, self.history)):
             counts = table.setdefault(drafter, [0.0, 0.0, 0.0])
@@ -300,11 +306,17 @@ class Calibration:
         self.offsets.clear()
 
     def observe(self, drafter: str, confidences: Sequence[float], accepted: int) -> None:
+        """A chain's step: tokens after the first rejection were not tested."""
+        tried = confidences[: accepted + 1]
+        self.observe_tried(drafter, [(c, i < accepted) for i, c in enumerate(tried)])
+
+    def observe_tried(self, drafter: str, tried: Sequence[tuple[float, bool]]) -> None:
+        """(confidence, accepted) of each node the target judged."""
         self._age(drafter)
-        tried = confidences[: accepted + 1]  # tokens after the first rejection were not tested
-        outcomes = [1.0 if i < accepted else 0.0 for i in range(len(tried))]
-        self._fit_offset(drafter, tried, outcomes)
-        for confidence, y in zip(tried, outcomes, strict=True):
+        confidences = [c for c, _ in tried]
+        outcomes = [1.0 if ok else 0.0 for _, ok in tried]
+        self._fit_offset(drafter, confidences, outcomes)
+        for confidence, y in zip(confidences, outcomes, strict=True):
             counts = self.counts.setdefault((drafter, self._bin(confidence)), [0.0, 0.0])
             counts[0] += y
             counts[1] += 1.0

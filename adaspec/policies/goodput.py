@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 FREE_DRAFT = 0.05  # a drafter costing under this share of a one-token forward is "free"
 PROBE = 2  # tokens a drafter not seen yet in this request may draft: learns its cost
+MAX_NODES = 64  # the largest tree a free drafter grows, where verifying its rows pays
 HORIZON = 32  # tokens a request is assumed to generate where no limit nor earlier one says
 # One-token forwards timed before any drafting: speculation is judged against a plain step,
 # which must be measured, not extrapolated (on a CPU, verifying 2 positions costs much more
@@ -62,22 +63,34 @@ def best_length(
     )
 
 
-def best_prefix(probs: Sequence[float], verify_ms: Callable[[int], float], spent_ms: float) -> int:
-    """How many drafted tokens to verify, given each one's acceptance probability: the
-    prefix with the most expected tokens per millisecond of this step."""
-    return _best_prefix_and_rate(probs, verify_ms, spent_ms)[0]
+def best_prefix(
+    probs: Sequence[float],
+    verify_ms: Callable[[int], float],
+    spent_ms: float,
+    parents: Sequence[int] | None = None,
+) -> int:
+    """How many drafted nodes to verify, given each one's acceptance probability given its
+    parent's: the prefix with the most expected tokens per millisecond of this step."""
+    return _best_prefix_and_rate(probs, verify_ms, spent_ms, parents)[0]
 
 
 def _best_prefix_and_rate(
-    probs: Sequence[float], verify_ms: Callable[[int], float], spent_ms: float
+    probs: Sequence[float],
+    verify_ms: Callable[[int], float],
+    spent_ms: float,
+    parents: Sequence[int] | None = None,
 ) -> tuple[int, float]:
-    best, best_rate, expected, alive = 0, 1.0 / (verify_ms(1) + spent_ms), 1.0, 1.0
-    for i, p in enumerate(probs, start=1):
-        alive *= p
-        expected += alive
-        rate = expected / (verify_ms(i + 1) + spent_ms)
+    """Expected tokens of the first i nodes: 1 (the target's own) plus, per node, the
+    chance that its whole root path is accepted; a chain when ``parents`` is None."""
+    best, best_rate, expected = 0, 1.0 / (verify_ms(1) + spent_ms), 1.0
+    alive: list[float] = []  # [i] P(node's root path accepted)
+    for i, p in enumerate(probs):
+        parent = i - 1 if parents is None else parents[i]
+        alive.append(p * (alive[parent] if parent >= 0 else 1.0))
+        expected += alive[i]
+        rate = expected / (verify_ms(i + 2) + spent_ms)
         if rate > best_rate:
-            best, best_rate = i, rate
+            best, best_rate = i + 1, rate
     return best, best_rate
 
 
@@ -137,12 +150,14 @@ class GoodputPolicy(PolicyDefaults):
 
     def trim(self, draft: Draft) -> int:
         spent = self._draft_ms(draft.source) * len(draft.tokens)
-        return best_prefix(self._probabilities(draft), self._step_ms, spent)
+        return best_prefix(self._probabilities(draft), self._step_ms, spent, draft.parents)
 
     def value(self, draft: Draft) -> float:
         """Expected tokens per millisecond of verifying what trim() would keep of a draft
         in hand (its drafting is spent: a plain step is worth 1 / a one-token step)."""
-        return _best_prefix_and_rate(self._probabilities(draft), self._step_ms, 0.0)[1]
+        return _best_prefix_and_rate(self._probabilities(draft), self._step_ms, 0.0, draft.parents)[
+            1
+        ]
 
     def observe(self, outcome: StepOutcome) -> None:
         self.generated += outcome.emitted
@@ -164,8 +179,9 @@ class GoodputPolicy(PolicyDefaults):
             self.setup_ms.setdefault(outcome.drafter, Ewma()).add(per_context)
         self.set_up.add(outcome.drafter)  # its first step paid set-up, not drafting
         trimmed = outcome.proposed > outcome.drafted and not self._free(outcome.drafter)
-        self.acceptance.observe(outcome.drafter, outcome.drafted, outcome.accepted, trimmed)
-        self.calibration.observe(outcome.drafter, outcome.confidences, outcome.accepted)
+        judged = len(outcome.judged()) + (trimmed and outcome.accepted == outcome.drafted)
+        self.acceptance.observe_tested(outcome.drafter, judged, outcome.accepted)
+        self.calibration.observe_tried(outcome.drafter, outcome.tried())
 
     def promise_at(self, drafter: str, share: float) -> float:
         """Expected tokens per millisecond from a drafter not timed yet, if a drafted token
@@ -185,10 +201,12 @@ class GoodputPolicy(PolicyDefaults):
         draft_ms, acceptance = self._draft_ms(drafter), self.acceptance.rate(drafter)
         k, promise = self._rate(draft_ms, acceptance, self._setup_share(drafter))
         free = self._free(drafter)
-        if free:  # draft all: trim() judges a lookup's tokens, stop() a sampled draft's
-            k = self._k_limit()
+        nodes = k
+        if free:  # draft all: trim() judges a lookup's nodes, stop() a sampled draft's
+            k, nodes = self._k_limit(), self._node_limit()
         margin = 1.0 if free else DOUBT
-        return Budget(k, promise=promise / margin, stop=partial(self.stop_drafting, drafter, k))
+        stop = partial(self.stop_drafting, drafter, k)
+        return Budget(nodes, max_depth=k, promise=promise / margin, stop=stop)
 
     def stop_drafting(self, drafter: str, k: int, confidences: Sequence[float]) -> bool:
         """SpecDec++'s early stop, priced: whether no longer draft of at most k tokens
@@ -227,6 +245,11 @@ class GoodputPolicy(PolicyDefaults):
 
     def _k_limit(self) -> int:
         return min(self.k_max, self.verify.explored_limit() - 1)
+
+    def _node_limit(self) -> int:
+        """The most nodes a free drafter may grow: as many as a forward not yet trusted
+        allows (explored_limit), up to MAX_NODES."""
+        return min(MAX_NODES, self.verify.explored_limit() - 1)
 
     def _setup_share(self, drafter: str) -> float:
         """Each token's share of what a drafter not yet used in this request pays first (a

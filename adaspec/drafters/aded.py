@@ -1,0 +1,119 @@
+"""ADED (Liu et al., 2024): draft trees from a tri-gram table that adapts as it decodes.
+
+The table maps the last two tokens to what followed them: each committed token counts,
+and so does each verified row's top-k, weighted by the target's probability (rows of
+rejected nodes too: each is the target's view after its own two tokens). Where a pair
+was never seen, the last token alone is used (a bigram). Trees are grown best first, with
+an exploration bonus for a branch drafted less often than its siblings, in the spirit of
+ADED's MCTS draft maker: a candidate the table ranks low but that has not been tried gets
+tried, and one tried often and rejected sinks. Kept across requests, fading with ``decay``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import ClassVar
+
+from adaspec.backends.base import Backend
+from adaspec.budget import Budget
+from adaspec.draft import Draft
+from adaspec.drafters.base import DRAFTERS
+from adaspec.drafters.growth import grow
+from adaspec.state import DecodeState
+from adaspec.stats import StepOutcome
+
+Key = tuple[int, ...]  # (a, b): a tri-gram's context; (b,): a bigram's
+
+
+@DRAFTERS.register("aded")
+class AdedDrafter:
+    needs_draft_model: ClassVar[bool] = False
+    uses_draft_model: ClassVar[bool] = False
+    row_top_k: ClassVar[int] = 4
+
+    def __init__(self, width: int = 4, exploration: float = 0.3, decay: float = 0.999) -> None:
+        self.width = width  # candidates per node
+        self.exploration = exploration
+        self.decay = decay
+        self.weights: dict[Key, dict[int, float]] = defaultdict(dict)  # context -> next -> w
+        self.tries: dict[tuple[Key, int], list[float]] = {}  # (context, next) -> [tried, kept]
+        self._drafted: list[tuple[Key, int]] = []  # the last draft's nodes, by node index
+        self._scale = 1.0  # weights added now count this much (grows instead of decaying all)
+
+    @classmethod
+    def create(cls, target: Backend, draft: Backend | None) -> AdedDrafter:
+        return cls()
+
+    def start(self, state: DecodeState) -> None:
+        tokens = state.tokens
+        for i in range(1, len(tokens)):  # the prompt's own tri-grams
+            self._count(tokens[i - 2] if i > 1 else tokens[i - 1], tokens[i - 1], tokens[i], 1.0)
+
+    def propose(self, state: DecodeState, budget: Budget) -> Draft:
+        self._drafted = []
+        if budget.depth_limit == 0:
+            return Draft(source="aded")
+        before = state.tokens[-2] if len(state.tokens) > 1 else state.tokens[-1]
+        grown = grow(
+            before, state.tokens[-1], self.candidates, budget.max_tokens, budget.depth_limit
+        )
+        self._drafted = [self._key_of(grown, i, state) for i in range(len(grown.tokens))]
+        return Draft(grown.tokens, None, grown.confidences, "aded", grown.parents)
+
+    def candidates(self, before: int, token: int) -> list[tuple[int, float, float]]:
+        """Up to ``width`` successors: score = share of the context's weight plus the
+        exploration bonus (capped at 1), confidence = the share with past acceptance."""
+        key = (before, token) if (before, token) in self.weights else (token,)
+        table = self.weights.get(key)
+        if not table:
+            return []
+        total = sum(table.values())
+        tried_here = sum(self.tries.get((key, x), (0.0, 0.0))[0] for x in table)
+        scored = []
+        for x, w in table.items():
+            tried, kept = self.tries.get((key, x), (0.0, 0.0))
+            share = (kept + 2.0 * w / total) / (tried + 2.0)
+            bonus = self.exploration * math.sqrt(math.log1p(tried_here) / (1.0 + tried))
+            scored.append((x, min(1.0, share + bonus), share))
+        scored.sort(key=lambda c: (-c[1], -c[2]))
+        return scored[: self.width]
+
+    def observe(self, outcome: StepOutcome) -> None:
+        self._scale /= self.decay
+        if outcome.drafter == "aded" and self._drafted:
+            for node, kept in outcome.judged():
+                counts = self.tries.setdefault(self._drafted[node], [0.0, 0.0])
+                counts[0] += 1.0
+                counts[1] += float(kept)
+        rows = outcome.rows
+        if rows is not None:
+            for before, fed, ids, probs in zip(
+                rows.before, rows.fed, rows.top_ids, rows.top_probs, strict=True
+            ):
+                for x, p in zip(ids[: self.width], probs[: self.width], strict=True):
+                    self._count(before, fed, x, p)
+        if self._scale > 1e6:  # renormalise before the numbers grow unwieldy
+            self._rescale()
+
+    def _count(self, a: int, b: int, x: int, weight: float) -> None:
+        for key in ((a, b), (b,)):
+            table = self.weights[key]
+            table[x] = table.get(x, 0.0) + weight * self._scale
+
+    def _rescale(self) -> None:
+        for table in self.weights.values():
+            for x in table:
+                table[x] /= self._scale
+        self._scale = 1.0
+
+    def _key_of(self, grown, node: int, state: DecodeState) -> tuple[Key, int]:
+        parent = grown.parents[node]
+        b = state.tokens[-1] if parent < 0 else grown.tokens[parent]
+        grand = grown.parents[parent] if parent >= 0 else None
+        if parent < 0:
+            a = state.tokens[-2] if len(state.tokens) > 1 else b
+        else:
+            a = state.tokens[-1] if grand is None or grand < 0 else grown.tokens[grand]
+        key = (a, b) if (a, b) in self.weights else (b,)
+        return key, grown.tokens[node]

@@ -1,0 +1,67 @@
+"""Token Recycling (Luo et al., 2024): draft from the candidates the target itself scored.
+
+Every verify pass scores, for each token it was fed, a distribution over what follows;
+its top-k tokens would be thrown away. Here they are kept in an adjacency matrix [vocab, k]
+(for each token, the target's k likeliest successors the last time it scored one after
+it) and a tree is grown from it below the last committed token. Every row updates it,
+those of rejected nodes too, and it is kept across requests. Model-free and nearly free:
+what it costs is the verify pass's extra rows, which the policy prices.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from adaspec.backends.base import Backend
+from adaspec.budget import Budget
+from adaspec.draft import Draft
+from adaspec.drafters.base import DRAFTERS
+from adaspec.drafters.growth import grow
+from adaspec.state import DecodeState
+from adaspec.stats import StepOutcome
+
+
+@DRAFTERS.register("recycling")
+class RecyclingDrafter:
+    needs_draft_model: ClassVar[bool] = False
+    uses_draft_model: ClassVar[bool] = False
+    row_top_k: ClassVar[int] = 8
+
+    def __init__(self, vocab_size: int, width: int = 8) -> None:
+        self.width = width
+        self.ids = np.full((vocab_size, width), -1, dtype=np.int64)  # [vocab, k]; -1: none
+        self.probs = np.zeros((vocab_size, width), dtype=np.float32)  # [vocab, k]
+
+    @classmethod
+    def create(cls, target: Backend, draft: Backend | None) -> RecyclingDrafter:
+        return cls(target.vocab_size, cls.row_top_k)
+
+    def start(self, state: DecodeState) -> None:
+        pass  # what the target scored stays useful across requests
+
+    def propose(self, state: DecodeState, budget: Budget) -> Draft:
+        if budget.depth_limit == 0 or len(state.tokens) < 1:
+            return Draft(source="recycling")
+        before = state.tokens[-2] if len(state.tokens) > 1 else state.tokens[-1]
+        grown = grow(
+            before, state.tokens[-1], self.candidates, budget.max_tokens, budget.depth_limit
+        )
+        return Draft(grown.tokens, None, grown.confidences, "recycling", grown.parents)
+
+    def candidates(self, before: int, token: int) -> list[tuple[int, float, float]]:
+        """The target's successors of ``token`` with their probabilities (score and
+        confidence alike: for a fixed token, the chance the target picks it)."""
+        ids, probs = self.ids[token], self.probs[token]
+        return [(int(i), float(p), float(p)) for i, p in zip(ids, probs, strict=True) if i >= 0]
+
+    def observe(self, outcome: StepOutcome) -> None:
+        rows = outcome.rows
+        if rows is None:
+            return
+        fed = np.asarray(rows.fed, dtype=np.int64)  # [rows]
+        ids = np.asarray(rows.top_ids, dtype=np.int64)[:, : self.width]  # [rows, <= k]
+        width = ids.shape[1]  # fewer than k in a vocabulary smaller than k
+        self.ids[fed, :width] = ids
+        self.probs[fed, :width] = np.asarray(rows.top_probs, dtype=np.float32)[:, :width]
