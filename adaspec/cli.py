@@ -135,8 +135,8 @@ def generate(
     drafter: Annotated[
         str,
         typer.Option(
-            help=f"{' | '.join(DRAFTERS.names())}. auto: a bandit over the drafters available "
-            "(n-gram lookup, and the draft model where there is one)."
+            help=f"{' | '.join(DRAFTERS.names())}. auto: asks the model-free drafters "
+            "(ngram, recycling, aded) and the draft model's (model, model-tree) where it pays."
         ),
     ] = "auto",
     policy: Annotated[
@@ -291,6 +291,13 @@ def bench(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("bench-out"),
     resume: Annotated[bool, typer.Option(help="Keep the runs already in OUT/runs.jsonl.")] = False,
     context: Context = None,
+    record_rows: Annotated[
+        int,
+        typer.Option(
+            help="Keep the baseline's top-k per token, so `adaspec replay` feeds row-learning "
+            "drafters (recycling, aded) the target's runners-up (costs the baseline a top-k)."
+        ),
+    ] = 0,
 ) -> None:
     """Spec-Bench on the model pair: adaspec methods and peers side by side, one report."""
     from adaspec.bench.harness import BenchOptions, check_methods, run_bench
@@ -298,8 +305,10 @@ def bench(
 
     method_list = [m.strip() for m in methods.split(",") if m.strip()]
     check_methods(method_list)
-    if repeats < 1 or max_new_tokens < 1 or per_category < 0:
-        raise AdaspecError("--repeats and --max-new-tokens must be >= 1, --per-category >= 0")
+    if repeats < 1 or max_new_tokens < 1 or per_category < 0 or record_rows < 0:
+        raise AdaspecError(
+            "--repeats and --max-new-tokens must be >= 1, --per-category and --record-rows >= 0"
+        )
     options = BenchOptions(
         questions=questions or default_questions_path(),
         target=target,
@@ -318,6 +327,7 @@ def bench(
         out=out,
         resume=resume,
         context=context,
+        record_rows=record_rows,
     )
     with bench_progress() as on_tick:
         outcome = run_bench(options, on_tick)

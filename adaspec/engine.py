@@ -106,11 +106,16 @@ class Engine:
         drafter: Drafter,
         policy: Policy,
         clock: Callable[[], float] = perf_counter,
+        record_rows: int = 0,
     ) -> None:
         self.target = target
         self.drafter = drafter
         self.policy = policy
         self.clock = clock
+        # Each step's rows' top-k kept in its outcome even where the drafter learns nothing
+        # from them: a bench's baseline records them, so a replay can feed row-learning
+        # drafters (recycling, aded) the target's runners-up too. Costs a top-k per step.
+        self.record_rows = record_rows
 
     def stream(
         self,
@@ -172,11 +177,7 @@ class Engine:
         self._commit(prescored, bool(tree), verdict.path)
         t2 = self.clock()
         new = _cut_after_eos(verdict.tokens, self.target.eos_token_ids, config.stop_at_eos)
-        fed = [state.tokens[-1], *tree.tokens]  # the token each row scores the next of
-        before = [
-            state.tokens[-2] if len(state.tokens) > 1 else fed[0],
-            *_parent_tokens(tree, fed[0]),
-        ]
+        rows = _rows_seen(logits, state.tokens, tree, max(self.drafter.row_top_k, self.record_rows))
         state.tokens.extend(new)
         outcome = StepOutcome(
             drafted=len(tree),
@@ -191,16 +192,11 @@ class Engine:
             target_top=_top_probability(logits[verdict.path[-1] + 1 if verdict.path else 0]),
             parents=None if draft.parents is None else tuple(draft.parents),
             path=tuple(verdict.path),
-            rows=_rows_seen(logits, before, fed, self.row_top_k),
+            rows=rows,
         )
         self.policy.observe(outcome)
         self.drafter.observe(outcome)
         return new, outcome
-
-    @property
-    def row_top_k(self) -> int:
-        """How many of each verified row's likeliest tokens the drafter learns from."""
-        return self.drafter.row_top_k
 
     def _to_verify(self, proposal: Draft) -> int:
         """How many drafted nodes to verify. Lossless sampling needs the choice to verify
@@ -231,25 +227,21 @@ class Engine:
             self.target.commit(path)
 
 
-def _parent_tokens(tree: TokenTree, root_token: int) -> list[int]:
-    """[n] the token each node follows (its parent's, the root's for the first level)."""
-    return [root_token if parent == ROOT else tree.tokens[parent] for parent in tree.parents]
-
-
-def _rows_seen(logits: torch.Tensor, before: list[int], fed: list[int], k: int) -> RowsSeen | None:
+def _rows_seen(logits: torch.Tensor, tokens: list[int], tree: TokenTree, k: int) -> RowsSeen | None:
     """The verified rows' k likeliest next tokens and their probabilities (``logits``:
-    [rows, vocab]); None when the drafter learns nothing from them."""
+    [n + 1, vocab], after the committed ``tokens`` and the tree's nodes), keyed by the two
+    tokens each row follows; None when the drafter learns nothing from them (k = 0)."""
     if k == 0:
         return None
+    last = tokens[-1]
+    fed = [last, *tree.tokens]  # [n + 1] the token each row scores the next of
+    parents = [tokens[-2] if len(tokens) > 1 else last]
+    parents += [last if parent == ROOT else tree.tokens[parent] for parent in tree.parents]
     rows = logits.float()
-    top = rows.topk(min(k, rows.shape[-1]), dim=-1)  # values, indices: [rows, k]
-    probs = torch.exp(top.values - torch.logsumexp(rows, -1, keepdim=True))
-    return RowsSeen(
-        tuple(before),
-        tuple(fed),
-        tuple(map(tuple, top.indices.tolist())),
-        tuple(map(tuple, probs.tolist())),
-    )
+    top = rows.topk(min(k, rows.shape[-1]), dim=-1)  # values, indices: [n + 1, k]
+    probs = torch.exp(top.values - torch.logsumexp(rows, -1, keepdim=True))  # [n + 1, k]
+    ids = tuple(map(tuple, top.indices.tolist()))
+    return RowsSeen(tuple(parents), tuple(fed), ids, tuple(map(tuple, probs.tolist())))
 
 
 def _top_probability(row: torch.Tensor) -> float:

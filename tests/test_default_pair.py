@@ -13,6 +13,7 @@ from adaspec import GenerationConfig, SamplingParams, load_backend
 from adaspec.api import encode_prompt
 from adaspec.backends import BACKENDS
 from adaspec.build import build_engine
+from adaspec.drafters import DRAFTERS
 from adaspec.models import DEFAULT_DRAFT, DEFAULT_TARGET, NAMED_MODELS, model_path
 from adaspec.sampling import probabilities
 from tests.power import ALPHA, chi_square
@@ -58,11 +59,11 @@ def plain_answers(pair):
 
 
 @pytest.mark.parametrize("policy", ["fixed", "goodput"])
-@pytest.mark.parametrize("drafter", ["model", "auto"])
+@pytest.mark.parametrize("drafter", [name for name in DRAFTERS.names() if name != "none"])
 def test_the_pair_decodes_greedily_as_plain_decoding(pair, plain_answers, drafter, policy):
-    """With a fixed draft length every request drafts, so tokens are accepted and
-    rejected; goodput drafts only where it pays on this machine (on llama.cpp, at most
-    rarely), so there only equality is asserted."""
+    """Every drafter in the registry, chains and trees. With a fixed draft length every
+    request drafts, so tokens are accepted and rejected; goodput drafts only where it pays
+    on this machine (on llama.cpp, at most rarely), so there only equality is asserted."""
     _, target, draft = pair
     engine = build_engine(target, draft, drafter, policy)
     accepted = rejected = 0

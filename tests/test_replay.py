@@ -45,7 +45,7 @@ def test_scripted_target_answers_from_the_script_and_charges_the_profile():
     target.play(Case(1, "qa", [1, 2], [3, 4, 5]))
     assert int(target.score_prompt([1, 2]).argmax()) == 3 and clock.now == 0.0
     rows = target.forward([3, 9, 5])  # 9 is off the script: what follows it is never read
-    assert [int(r.argmax()) for r in rows[:2]] == [4, 0]
+    assert [int(r.argmax()) for r in rows[:2]] == [4, 0] and rows[1].unique().numel() == 1
     assert clock.now == pytest.approx(0.0115)  # 3 positions: between 11 and 12 ms
     target.rollback(3)
     assert int(target.forward([4])[0].argmax()) == 5  # back on the script
@@ -57,7 +57,9 @@ def test_plain_decoding_pays_one_step_per_token_after_the_first():
     assert run.drafted == 0
 
 
-@pytest.mark.parametrize("method", ["auto:goodput", "ngram:heuristic", "ngram:fixed"])
+@pytest.mark.parametrize(
+    "method", ["auto:goodput", "ngram:heuristic", "ngram:fixed", "recycling:fixed", "aded:fixed"]
+)
 def test_replayed_methods_reproduce_the_recorded_answers(method):
     runs = replay(method, [COPIED, FRESH], profile(GPU_LIKE))
     assert [r.case for r in runs] == [COPIED, FRESH]  # replay raises if an id differs
@@ -74,6 +76,43 @@ def test_goodput_gains_where_copying_is_cheap_and_never_drafts_where_it_cannot_p
     runs = replay("auto:goodput", cases, linear)
     assert sum(r.drafted for r in runs) == 0
     assert speedups(replay("none", cases, linear), runs)["overall"] == pytest.approx(1.0)
+
+
+def test_a_tree_node_is_accepted_where_it_is_the_answer_along_the_accepted_path():
+    clock = ScriptedClock()
+    target = ScriptedTarget(profile(GPU_LIKE), clock, vocab_size=100)
+    target.play(Case(1, "qa", [1, 2], [3, 4, 5]))
+    target.score_prompt([1, 2])
+    rows = target.forward([7, 3, 4, 9], [-1, -1, 1, 1])  # 7 | 3 -> 4, 3 -> 9
+    assert [int(r.argmax()) for r in rows] == [0, 4, 5, 0]
+    target.commit([1, 2])
+    assert target.cache == [1, 2, 3, 4] and int(target.forward([5])[0].argmax()) == 0
+
+
+def test_recorded_rows_give_the_runners_up_where_the_script_goes():
+    """With the baseline's rows recorded, a row on the script carries the target's
+    runners-up at their probabilities, the script's token still first; off the script, a
+    flat row."""
+    case = Case(1, "qa", [1, 2], [3, 4], [[3, 8], [4, 9]], [[0.6, 0.3], [0.9, 0.05]])
+    target = ScriptedTarget(profile(GPU_LIKE), ScriptedClock(), vocab_size=10)
+    target.play(case)
+    row = target.score_prompt([1, 2])
+    assert row.softmax(-1)[[3, 8]].tolist() == pytest.approx([0.6, 0.3], abs=1e-3)
+    off = target.forward([8])[0]
+    assert int(off.argmax()) == 0 and off.unique().numel() == 1  # flat: nothing to learn
+
+
+def test_a_bench_records_the_baseline_rows_for_replay(model_dir, tmp_path):
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(json.dumps({"question_id": 7, "category": "coding", "turns": ["a"]}))
+    out = tmp_path / "bench"
+    options = BenchOptions(questions, str(model_dir), None, methods=["ngram"], peers=False)
+    fields = {**options.__dict__, "max_new_tokens": 6, "out": out, "record_rows": 3}
+    run_bench(BenchOptions(**fields))
+    (case,) = load_cases(out)
+    assert len(case.top_ids) == len(case.answer) == 6
+    assert [ids[0] for ids in case.top_ids] == case.answer  # greedy: the top row's first
+    assert all(len(p) == 3 and p[0] >= p[1] >= p[2] for p in case.top_probs)
 
 
 def test_replay_command_reads_a_bench_folder(model_dir, tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adaspec.tree import ROOT, TokenTree
+from adaspec.tree import ROOT, TokenTree, common_prefix, is_chain
 
 # Below the committed text: a -> (b -> d, c), and e beside a.
 #   node:    0   1   2   3   4
@@ -69,3 +69,23 @@ def test_ancestor_mask():
 def test_malformed_trees_are_refused(tokens, parents, fragment):
     with pytest.raises(ValueError, match=fragment):
         TokenTree(tokens, parents)
+
+
+def test_rooted_hangs_the_tree_below_a_fed_token():
+    tree = TokenTree((11, 12, 13), (ROOT, 0, ROOT))
+    fed = tree.rooted(7)
+    assert fed.tokens == (7, 11, 12, 13) and fed.parents == (ROOT, 0, 1, 0)
+
+
+def test_paths_come_depth_first_with_the_first_children_last():
+    """Paths sharing a prefix are neighbours (a backend scoring path by path decodes each
+    node once), and the path through every first child is the last (committing it is a
+    rollback)."""
+    tree = TokenTree((1, 2, 3, 4, 5, 6), (ROOT, ROOT, 0, 0, 2, 1))
+    assert tree.dfs_paths() == [[1, 5], [0, 3], [0, 2, 4]]
+    assert TokenTree.chain([4, 5]).dfs_paths() == [[0, 1]]
+
+
+def test_is_chain_and_common_prefix():
+    assert is_chain(()) and is_chain((ROOT, 0, 1)) and not is_chain((ROOT, ROOT))
+    assert common_prefix([1, 2, 3], [1, 2, 4]) == 2 and common_prefix([], [1]) == 0

@@ -1,4 +1,4 @@
-"""verify_tree.py on synthetic distributions: greedy tables, then the joint of the first
+"""verify_tree on synthetic distributions: greedy tables, then the joint of the first
 two tokens under multi-candidate sampling, with a control that must fail."""
 
 from __future__ import annotations

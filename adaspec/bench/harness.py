@@ -44,6 +44,7 @@ class BenchOptions:
     out: Path = Path("bench-out")
     resume: bool = False
     context: int | None = None
+    record_rows: int = 0  # the baseline keeps its rows' top-k for replay (0: none)
 
 
 @dataclass
@@ -61,7 +62,10 @@ def run_bench(
     target = _load(options, options.target)
     uses_draft = any(AdaspecMethod.uses_draft(m) for m in methods_spec)
     draft = _load(options, options.draft, drafting=True) if uses_draft and options.draft else None
-    methods: list[Method] = [AdaspecMethod(m, target, draft, options.k) for m in methods_spec]
+    methods: list[Method] = [
+        AdaspecMethod(m, target, draft, options.k, record_rows=_rows_for(m, options))
+        for m in methods_spec
+    ]
     groups, notes = _peers(options, target, draft) if options.peers else ([], [])
     runs = measure(
         methods,
@@ -87,6 +91,10 @@ def run_bench(
     path = options.out / "report.md"
     path.write_text(text)
     return BenchOutcome(path, problems, text)
+
+
+def _rows_for(method: str, options: BenchOptions) -> int:
+    return options.record_rows if method == BASELINE else 0
 
 
 def _load(options: BenchOptions, model: str, drafting: bool = False):

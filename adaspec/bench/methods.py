@@ -42,6 +42,10 @@ class Run:
     prefill_s: float | None = None  # the prompt's forward, which also gives the first token
     accepted_per_step: list[int] = field(default_factory=list)
     peak_rss_mb: float = 0.0  # the process's peak resident memory after this run
+    # The baseline's rows with --record-rows: per generated token, the target's likeliest
+    # next tokens and their probabilities where it chose it (what replay feeds drafters).
+    top_ids: list[list[int]] | None = None  # [new_tokens, k]
+    top_probs: list[list[float]] | None = None  # [new_tokens, k]
 
 
 class Method(Protocol):
@@ -69,10 +73,14 @@ class AdaspecMethod:
         k: int | None = None,
         clock: Callable[[], float] = perf_counter,
         time_costs: bool = True,
+        record_rows: int = 0,
     ) -> None:
         self.name = spec
         drafter, policy = self.names(spec)
-        self.engine = build_engine(target, draft, drafter, policy, k, clock, time_costs)
+        self.engine = build_engine(
+            target, draft, drafter, policy, k, clock, time_costs, record_rows
+        )
+        self.record_rows = record_rows
 
     @staticmethod
     def names(spec: str) -> tuple[str, str]:
@@ -104,7 +112,19 @@ class AdaspecMethod:
             "verify_s": stats["verify_s"],
             "prefill_s": stats["prefill_s"],
             "accepted_per_step": [s.accepted for s in result.stats.steps],
+            **(_recorded_rows(result.stats.steps) if self.record_rows else {}),
         }
+
+
+def _recorded_rows(steps) -> dict:
+    """Each step's chosen row (the accepted path's last): its top-k ids and probabilities.
+    For the baseline, one per generated token."""
+    ids, probs = [], []
+    for step in steps:
+        row = step.path[-1] + 1 if step.path else 0
+        ids.append(list(step.rows.top_ids[row]))
+        probs.append([round(p, 5) for p in step.rows.top_probs[row]])
+    return {"top_ids": ids, "top_probs": probs}
 
 
 @dataclass

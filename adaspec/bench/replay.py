@@ -13,6 +13,7 @@ profile predicts, decode only (the prefill is the same work for every method).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,10 @@ class Case:
     category: str
     prompt: list[int]
     answer: list[int]
+    # Where the bench recorded them (--record-rows): per answer token, the target's
+    # likeliest tokens and their probabilities at that position.
+    top_ids: list[list[int]] | None = None  # [len(answer), k]
+    top_probs: list[list[float]] | None = None  # [len(answer), k]
 
 
 @dataclass(frozen=True)
@@ -62,7 +67,7 @@ class ScriptedClock:
 
 class ScriptedTarget:
     """A Backend that answers from a script: row i of a forward puts all its mass on the
-    script's next token while the cache still follows the script (on token 0 after a
+    script's next token while the cache still follows the script (a flat row after a
     rejected draft token, which verification never reads), and charges the clock the
     profile's cost of a forward over that many positions at that context. A drafter that
     learns from the rows (recycling, aded) learns only the target's first choices here,
@@ -77,6 +82,7 @@ class ScriptedTarget:
         # profile saved for them, as it would on that machine.
         self.label, self.name, self.threads = profile.model, profile.backend, profile.threads
         self.script: list[int] = []
+        self.case: Case | None = None
         self.cache: list[int] = []
         self.on_script = 0  # how many leading cached tokens follow the script
         self._vocab_size = vocab_size
@@ -99,6 +105,7 @@ class ScriptedTarget:
 
     def play(self, case: Case) -> None:
         self.script = [*case.prompt, *case.answer]
+        self.case = case
 
     def reset(self) -> None:
         self.cache, self.on_script = [], 0
@@ -147,8 +154,20 @@ class ScriptedTarget:
     def _next_row(self) -> torch.Tensor:
         at = len(self.cache)
         follows = self.on_script == at and at < len(self.script)
+        if not follows:  # never read by verification; flat, so drafters learn nothing from it
+            return torch.zeros(self._vocab_size)  # [vocab], argmax 0
         row = torch.full((self._vocab_size,), -30.0)  # [vocab] logits: the script is sure
-        row[self.script[at] if follows else 0] = 0.0
+        row[self.script[at]] = 0.0
+        case = self.case
+        recorded = case is not None and case.top_ids is not None and case.top_probs is not None
+        answered = at - len(case.prompt) if case is not None else -1
+        if recorded and 0 <= answered < len(case.top_ids):
+            ids, probs = case.top_ids[answered], case.top_probs[answered]
+            rest = max(1.0 - sum(probs), 1e-9) / max(self._vocab_size - len(ids), 1)
+            row.fill_(math.log(rest))  # the mass the record leaves, spread over the rest
+            row[ids] = torch.tensor(probs).clamp_min(1e-9).log()  # the recorded runners-up
+            if int(row.argmax()) != self.script[at]:  # greedy chose it: it stays the argmax
+                row[self.script[at]] = row.max() + 1e-4
         return row
 
 
@@ -165,7 +184,10 @@ def load_cases(bench_dir: Path) -> list[Case]:
         run = json.loads(line)
         if run["method"] == BASELINE and run["repeat"] == 0:
             prompt = prompts[str(run["question_id"])]
-            cases.append(Case(run["question_id"], run["category"], prompt, run["token_ids"]))
+            ids, probs = run.get("top_ids"), run.get("top_probs")
+            cases.append(
+                Case(run["question_id"], run["category"], prompt, run["token_ids"], ids, probs)
+            )
     if not cases:
         raise ConfigError(f"{bench_dir}/runs.jsonl has no `none` runs to replay")
     return cases
@@ -189,7 +211,7 @@ def replay(method: str, cases: Sequence[Case], profile: CostProfile) -> list[Rep
     Raises if the method's output leaves the script: that would be a lossless bug. Model-free
     only: there is no draft model to script, so ``auto`` replays without its model arm."""
     clock = ScriptedClock()
-    vocab = 1 + max(max(c.prompt + c.answer) for c in cases)
+    vocab = 1 + max(max([*c.prompt, *c.answer, *_flat(c.top_ids)]) for c in cases)
     target = ScriptedTarget(profile, clock, vocab)
     engine = AdaspecMethod(method, target, None, clock=clock, time_costs=False).engine
     replayed = []
@@ -216,3 +238,7 @@ def speedups(baseline: Sequence[Replayed], method: Sequence[Replayed]) -> dict[s
             base[key] = base.get(key, 0.0) + b.seconds
             ours[key] = ours.get(key, 0.0) + m.seconds
     return {key: base[key] / ours[key] for key in base}
+
+
+def _flat(rows: list[list[int]] | None) -> list[int]:
+    return [i for row in rows for i in row] if rows else []
