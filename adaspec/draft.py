@@ -29,13 +29,7 @@ class Draft:
 
     @property
     def tree(self) -> TokenTree:
-        if self.parents is None:
-            return TokenTree.chain(self.tokens)
-        return TokenTree(tuple(self.tokens), self.parents)
-
-    @property
-    def depth(self) -> int:
-        return max(self.tree.depths, default=0)
+        return TokenTree.of(self.tokens, self.parents)
 
     def prefix(self, n: int) -> Draft:
         """The first n nodes (a policy may verify less than was drafted); a tree still,

@@ -235,13 +235,13 @@ def _rows_seen(logits: torch.Tensor, tokens: list[int], tree: TokenTree, k: int)
         return None
     last = tokens[-1]
     fed = [last, *tree.tokens]  # [n + 1] the token each row scores the next of
-    parents = [tokens[-2] if len(tokens) > 1 else last]
-    parents += [last if parent == ROOT else tree.tokens[parent] for parent in tree.parents]
+    before = [tokens[-2] if len(tokens) > 1 else last]  # [n + 1] the token before each fed
+    before += [last if parent == ROOT else tree.tokens[parent] for parent in tree.parents]
     rows = logits.float()
     top = rows.topk(min(k, rows.shape[-1]), dim=-1)  # values, indices: [n + 1, k]
     probs = torch.exp(top.values - torch.logsumexp(rows, -1, keepdim=True))  # [n + 1, k]
     ids = tuple(map(tuple, top.indices.tolist()))
-    return RowsSeen(tuple(parents), tuple(fed), ids, tuple(map(tuple, probs.tolist())))
+    return RowsSeen(tuple(before), tuple(fed), ids, tuple(map(tuple, probs.tolist())))
 
 
 def _top_probability(row: torch.Tensor) -> float:

@@ -6,9 +6,11 @@ forward pass, so plain autoregressive decoding scores exactly 1.00.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from adaspec.tree import ROOT
+
+INFORMATIVE = 1e-3  # a row whose likeliest token is below this probability is flat
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,15 @@ class RowsSeen:
     fed: tuple[int, ...]  # [rows] the token each row scores the successor of
     top_ids: tuple[tuple[int, ...], ...]  # [rows, k] the target's k likeliest next tokens
     top_probs: tuple[tuple[float, ...], ...]  # [rows, k] their probabilities
+
+    def informative(self) -> RowsSeen:
+        """The rows whose likeliest token has at least INFORMATIVE probability: a flat row
+        (a replay's, after a rejected node) says nothing worth learning."""
+        keep = [i for i, probs in enumerate(self.top_probs) if probs and probs[0] >= INFORMATIVE]
+        if len(keep) == len(self.fed):
+            return self
+        fields = (self.before, self.fed, self.top_ids, self.top_probs)
+        return RowsSeen(*(tuple(column[i] for i in keep) for column in fields))
 
 
 @dataclass(frozen=True)
@@ -101,5 +112,5 @@ class GenerationStats:
         }
 
     def to_dict(self) -> dict:
-        steps = [{**asdict(s), "rows": None} for s in self.steps]  # rows: bulky, internal
+        steps = [asdict(replace(s, rows=None)) for s in self.steps]  # rows: bulky, internal
         return {"summary": self.summary(), "steps": steps}

@@ -31,6 +31,13 @@ class TokenTree:
                 raise ValueError(f"node {i} has parent {parent}: parents must come first")
 
     @classmethod
+    def of(cls, tokens: Sequence[int], parents: Sequence[int] | None = None) -> TokenTree:
+        """The tree of these nodes, a chain when ``parents`` is None."""
+        if parents is None:
+            return cls.chain(tokens)
+        return cls(tuple(tokens), tuple(parents))
+
+    @classmethod
     def chain(cls, tokens: Sequence[int]) -> TokenTree:
         """A single candidate per position: node i follows node i - 1."""
         return cls(tuple(tokens), tuple(range(ROOT, len(tokens) - 1)))

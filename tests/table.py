@@ -81,9 +81,7 @@ class TableBackend:
     def forward(self, tokens: Sequence[int], parents: Sequence[int] | None = None) -> torch.Tensor:
         if self.clock is not None:
             self.clock.now += self.cost_ms(len(tokens)) / 1000
-        tree = (
-            TokenTree.chain(tokens) if parents is None else TokenTree(tuple(tokens), tuple(parents))
-        )
+        tree = TokenTree.of(tokens, parents)
         self._start, self._tree = len(self.cache), tree
         rows = [self.row([*self.cache, *tree.path_tokens(i)]) for i in range(len(tree))]
         self.cache.extend(tokens)  # positions held until commit keeps one path

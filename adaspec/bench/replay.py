@@ -122,9 +122,7 @@ class ScriptedTarget:
         """Row i follows the script while node i's root path does (a tree's nodes are
         accepted exactly when they are the recorded answer along the accepted path)."""
         self.clock.now += self.profile.cost_ms(len(tokens), len(self.cache) + len(tokens)) / 1000
-        tree = (
-            TokenTree.chain(tokens) if parents is None else TokenTree(tuple(tokens), tuple(parents))
-        )
+        tree = TokenTree.of(tokens, parents)
         self._start, self._tree = len(self.cache), tree
         rows = []
         for node in range(len(tree)):

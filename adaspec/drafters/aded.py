@@ -20,7 +20,6 @@ from adaspec.budget import Budget
 from adaspec.draft import Draft
 from adaspec.drafters.base import DRAFTERS
 from adaspec.drafters.growth import grow
-from adaspec.drafters.recycling import INFORMATIVE
 from adaspec.state import DecodeState
 from adaspec.stats import StepOutcome
 
@@ -64,14 +63,15 @@ class AdedDrafter:
         grown = grow(
             before, state.tokens[-1], self.candidates, budget.max_tokens, budget.depth_limit
         )
-        self._drafted = [self._key_of(grown, i, state) for i in range(len(grown.tokens))]
+        pairs = zip(grown.contexts, grown.tokens, strict=True)
+        self._drafted = [(self._key(*context), x) for context, x in pairs]
         return Draft(grown.tokens, None, grown.confidences, "aded", grown.parents)
 
     def candidates(self, before: int, token: int) -> list[tuple[int, float, float]]:
         """Up to ``width`` successors: score = share of the context's weight (scaled by how
         far such a context is trusted) blended with the branch's past acceptance, plus the
         exploration bonus (capped at 1); confidence = the same without the bonus."""
-        key = (before, token) if (before, token) in self.weights else (token,)
+        key = self._key(before, token)
         table = self.weights.get(key)
         if not table:
             return []
@@ -93,13 +93,11 @@ class AdedDrafter:
                 counts = self.tries.setdefault(self._drafted[node], [0.0, 0.0])
                 counts[0] += 1.0
                 counts[1] += float(kept)
-        rows = outcome.rows
-        if rows is not None:
+        if outcome.rows is not None:
+            rows = outcome.rows.informative()
             for before, fed, ids, probs in zip(
                 rows.before, rows.fed, rows.top_ids, rows.top_probs, strict=True
             ):
-                if probs[0] < INFORMATIVE:  # a flat row says nothing
-                    continue
                 for x, p in zip(ids[: self.width], probs[: self.width], strict=True):
                     self._count(before, fed, x, p)
         if self._scale > 1e6:  # renormalise before the numbers grow unwieldy
@@ -116,13 +114,6 @@ class AdedDrafter:
                 table[x] /= self._scale
         self._scale = 1.0
 
-    def _key_of(self, grown, node: int, state: DecodeState) -> tuple[Key, int]:
-        parent = grown.parents[node]
-        b = state.tokens[-1] if parent < 0 else grown.tokens[parent]
-        grand = grown.parents[parent] if parent >= 0 else None
-        if parent < 0:
-            a = state.tokens[-2] if len(state.tokens) > 1 else b
-        else:
-            a = state.tokens[-1] if grand is None or grand < 0 else grown.tokens[grand]
-        key = (a, b) if (a, b) in self.weights else (b,)
-        return key, grown.tokens[node]
+    def _key(self, a: int, b: int) -> Key:
+        """The tri-gram's context where it has been seen, else the bigram's."""
+        return (a, b) if (a, b) in self.weights else (b,)

@@ -25,6 +25,7 @@ class GrownTree:
     tokens: list[int]  # [n]
     parents: tuple[int, ...]  # [n] (tree.ROOT for the first level)
     confidences: list[float]  # [n] P(accepted | parent accepted), the drafter's estimate
+    contexts: list[tuple[int, int]]  # [n] the (before, token) ``candidates`` offered it after
 
 
 def grow(
@@ -35,24 +36,26 @@ def grow(
     tokens: list[int] = []
     parents: list[int] = []
     confidences: list[float] = []
-    frontier: list[tuple[float, int, int, int, float, int]] = []  # -path score, order, ...
+    contexts: list[tuple[int, int]] = []
+    frontier: list[tuple[float, int, int, int, float, int, tuple[int, int]]] = []  # -score...
     order = 0
 
-    def push(parent: int, prev: int, token: int, path: float, depth: int) -> None:
+    def push(parent: int, context: tuple[int, int], path: float, depth: int) -> None:
         nonlocal order
         if depth > max_depth:
             return
-        for child, score, confidence in candidates(prev, token):
-            heapq.heappush(frontier, (-path * score, order, parent, child, confidence, depth))
+        for child, score, confidence in candidates(*context):
+            entry = (-path * score, order, parent, child, confidence, depth, context)
+            heapq.heappush(frontier, entry)
             order += 1
 
-    push(ROOT, before, root, 1.0, 1)
+    push(ROOT, (before, root), 1.0, 1)
     while frontier and len(tokens) < max_nodes:
-        negative, _, parent, token, confidence, depth = heapq.heappop(frontier)
+        negative, _, parent, token, confidence, depth, context = heapq.heappop(frontier)
         node = len(tokens)
         tokens.append(token)
         parents.append(parent)
         confidences.append(confidence)
-        prev = root if parent == ROOT else tokens[parent]
-        push(node, prev, token, -negative, depth + 1)
-    return GrownTree(tokens, tuple(parents), confidences)
+        contexts.append(context)
+        push(node, (context[1], token), -negative, depth + 1)
+    return GrownTree(tokens, tuple(parents), confidences, contexts)

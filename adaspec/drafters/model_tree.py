@@ -30,7 +30,7 @@ from adaspec.errors import ModelError
 from adaspec.sampling import probabilities, sample
 from adaspec.state import DecodeState
 from adaspec.stats import StepOutcome
-from adaspec.tree import ROOT
+from adaspec.tree import ROOT, TokenTree
 
 
 @dataclass
@@ -52,11 +52,8 @@ class _Growing:
         return len(self.tokens) - 1
 
     def path_confidences(self, node: int) -> list[float]:
-        out = []
-        while node != ROOT:
-            out.append(self.confidences[node])
-            node = self.parents[node]
-        return out[::-1]
+        path = TokenTree.of(self.tokens, self.parents).path(node)
+        return [self.confidences[i] for i in path]
 
 
 @DRAFTERS.register("model-tree")

@@ -24,31 +24,10 @@ from adaspec.tree import ROOT, TokenTree
 def prompt_lookup(
     tokens: Sequence[int], k: int, max_ngram: int = 3, min_ngram: int = 1
 ) -> list[int]:
-    return prompt_lookup_match(tokens, k, max_ngram, min_ngram)[0]
-
-
-def prompt_lookup_match(
-    tokens: Sequence[int], k: int, max_ngram: int = 3, min_ngram: int = 1
-) -> tuple[list[int], int]:
     """Up to k tokens continuing ``tokens``, by the longest suffix n-gram (max_ngram down to
-    min_ngram) that occurred earlier; the most recent earlier occurrence wins.
-
-    Invariant: a match at start s has s + n <= len(tokens) - 1, so at least one real
-    continuation token exists. The continuation is copied LZ77-style (it may run into the
-    text it is producing), so a repeating pattern yields a full k tokens.
-    ``prompt_lookup_match`` also returns the length of the matched n-gram (0: no match).
-    """
-    if k <= 0:
-        return [], 0
-    seq = np.asarray(tokens, dtype=np.int64)
-    for n in range(max_ngram, min_ngram - 1, -1):
-        if len(seq) <= n:
-            continue
-        windows = sliding_window_view(seq[:-1], n)  # [len - n, n]: starts 0 .. len-1-n
-        hits = np.flatnonzero((windows == seq[-n:]).all(axis=1))
-        if hits.size:
-            return _copy(seq.tolist(), int(hits[-1]) + n, k), n
-    return [], 0
+    min_ngram) that occurred earlier; the most recent earlier occurrence wins."""
+    found = earlier_continuations(tokens, k, max_ngram, min_ngram, most=1) if k > 0 else []
+    return found[0][0] if found else []
 
 
 def earlier_continuations(
@@ -56,7 +35,11 @@ def earlier_continuations(
 ) -> list[tuple[list[int], int]]:
     """Up to ``most`` different k-token continuations of the text's tail from its earlier
     occurrences, with the length of the n-gram each matched: longest n-gram first, most
-    recent first within one (the first is ``prompt_lookup_match``'s)."""
+    recent first within one.
+
+    Invariant: a match at start s has s + n <= len(tokens) - 1, so at least one real
+    continuation token exists. A continuation is copied LZ77-style (it may run into the
+    text it is producing), so a repeating pattern yields a full k tokens."""
     seq = np.asarray(tokens, dtype=np.int64)
     found: list[tuple[list[int], int]] = []
     for n in range(max_ngram, min_ngram - 1, -1):
@@ -143,15 +126,16 @@ class NgramDrafter:
 
     def propose(self, state: DecodeState, budget: Budget) -> Draft:
         """The most recent match's continuation; where the budget leaves room for more
-        nodes than one path, the other continuations of the same n-gram branch off it."""
+        nodes than one path, the continuations of other earlier matches (of the same or a
+        shorter n-gram) branch off it where they differ."""
         k = budget.depth_limit
-        tokens, n = prompt_lookup_match(state.tokens, k, self.max_ngram, self.min_ngram)
-        confidences = copy_confidences(n, len(tokens))
-        if budget.max_tokens <= len(tokens) or self.branches < 2 or not tokens:
-            return Draft(tokens, None, confidences, "ngram")
-        found = earlier_continuations(
-            state.tokens, k, self.max_ngram, self.min_ngram, self.branches
-        )
+        if k <= 0:
+            return Draft(source="ngram")
+        most = self.branches if budget.max_tokens > k else 1
+        found = earlier_continuations(state.tokens, k, self.max_ngram, self.min_ngram, most)
+        if len(found) <= 1:
+            tokens, n = found[0] if found else ([], 0)
+            return Draft(tokens, None, copy_confidences(n, len(tokens)), "ngram")
         nodes, parents, origin = continuation_tree([c for c, _ in found], budget.max_tokens)
         depths = TokenTree(tuple(nodes), parents).depths
         # a node: its match's confidence at its depth, shared with the branches before it
@@ -159,7 +143,7 @@ class NgramDrafter:
             match_confidence(found[o][1] + d - 1) / (1 + o)
             for d, o in zip(depths, origin, strict=True)
         ]
-        return Draft(nodes, None, conf, "ngram", None if len(found) == 1 else parents)
+        return Draft(nodes, None, conf, "ngram", parents)
 
     def observe(self, outcome: StepOutcome) -> None:
         pass

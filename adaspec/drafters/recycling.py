@@ -22,8 +22,6 @@ from adaspec.drafters.growth import grow
 from adaspec.state import DecodeState
 from adaspec.stats import StepOutcome
 
-INFORMATIVE = 1e-3  # a row whose likeliest token is below this is flat: nothing to recycle
-
 
 def recycled_confidence(p: float) -> float:
     """The chance that a recycled successor the target once gave probability p is the
@@ -72,13 +70,11 @@ class RecyclingDrafter:
         ]
 
     def observe(self, outcome: StepOutcome) -> None:
-        rows = outcome.rows
-        if rows is None:
+        rows = outcome.rows.informative() if outcome.rows is not None else None
+        if rows is None or not rows.fed:
             return
-        probs = np.asarray(rows.top_probs, dtype=np.float32)[:, : self.width]  # [rows, <= k]
-        said = probs[:, 0] >= INFORMATIVE  # a flat row says nothing worth keeping
-        fed = np.asarray(rows.fed, dtype=np.int64)[said]  # [rows kept]
-        ids = np.asarray(rows.top_ids, dtype=np.int64)[said, : self.width]
+        fed = np.asarray(rows.fed, dtype=np.int64)  # [rows]
+        ids = np.asarray(rows.top_ids, dtype=np.int64)[:, : self.width]  # [rows, <= k]
         width = ids.shape[1]  # fewer than k in a vocabulary smaller than k
         self.ids[fed, :width] = ids
-        self.probs[fed, :width] = probs[said]
+        self.probs[fed, :width] = np.asarray(rows.top_probs, dtype=np.float32)[:, :width]
