@@ -1,4 +1,4 @@
-"""The decode loop: prefill, then (policy budget -> drafter -> policy trim -> target forward
+"""The decode loop: prefill, then (policy budget -> drafters -> policy trim -> target forward
 -> verify -> commit)*, one code path for a chain and a token tree.
 
 ``Engine.stream()`` is the only implementation of the loop; ``generate()`` drains it, so the
@@ -8,7 +8,7 @@ streaming and non-streaming paths cannot drift apart.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any
@@ -16,9 +16,10 @@ from typing import Any
 import torch
 
 from adaspec.backends.base import Backend
+from adaspec.budget import Budget
 from adaspec.config import GenerationConfig
 from adaspec.draft import Draft
-from adaspec.drafters.base import Drafter
+from adaspec.drafters.base import Drafter, DrafterSet
 from adaspec.errors import ConfigError
 from adaspec.policies.base import Policy
 from adaspec.request import prompt_ids, request_config
@@ -95,7 +96,8 @@ class Generation:
 
 
 class Engine:
-    """A target backend, a drafter and a policy; serves one request at a time.
+    """A target backend, a drafter (or a set of them the policy chooses among, as auto's
+    arms) and a policy; serves one request at a time.
 
     ``clock`` times the steps that policies learn costs from: the wall clock, or a
     scripted one where a test or a replay decides what each forward costs."""
@@ -103,13 +105,14 @@ class Engine:
     def __init__(
         self,
         target: Backend,
-        drafter: Drafter,
+        drafter: Drafter | DrafterSet,
         policy: Policy,
         clock: Callable[[], float] = perf_counter,
         record_rows: int = 0,
     ) -> None:
         self.target = target
         self.drafter = drafter
+        self.drafters = DrafterSet.of(drafter)
         self.policy = policy
         self.clock = clock
         # Each step's rows' top-k kept in its outcome even where the drafter learns nothing
@@ -157,17 +160,16 @@ class Engine:
         """Prefill the prompt, keeping the row that scores the first new token."""
         self.target.reset()
         state.next_logits = self.target.score_prompt(state.tokens)
-        self.drafter.start(state)
-        self.policy.start(state)
+        self.drafters.start(state)
+        self.policy.start(state, self.drafters.shares)
 
     def step(self, state: DecodeState, config: GenerationConfig) -> tuple[list[int], StepOutcome]:
         """One target pass: draft a tree (a chain is one), verify it, commit the accepted
         path; returns the tokens it adds."""
         room = config.max_new_tokens - state.generated - 1  # the step adds one token itself
-        plan = self.policy.budget(state)
-        budget = plan.for_drafter(self.drafter.name).capped(room)  # its own plan, if any
+        budget = self.policy.budget(state).capped(room)
         t0 = self.clock()
-        proposal = self.drafter.propose(state, budget) if budget.allows_drafting else Draft()
+        proposal = ask_drafters(self.drafters.arms, state, budget, self.policy)
         draft = proposal.prefix(self._to_verify(proposal))
         t1 = self.clock()
         prescored = state.next_logits is not None
@@ -177,7 +179,9 @@ class Engine:
         self._commit(prescored, bool(tree), verdict.path)
         t2 = self.clock()
         new = _cut_after_eos(verdict.tokens, self.target.eos_token_ids, config.stop_at_eos)
-        rows = _rows_seen(logits, state.tokens, tree, max(self.drafter.row_top_k, self.record_rows))
+        rows = _rows_seen(
+            logits, state.tokens, tree, max(self.drafters.row_top_k, self.record_rows)
+        )
         state.tokens.extend(new)
         outcome = StepOutcome(
             drafted=len(tree),
@@ -195,7 +199,7 @@ class Engine:
             rows=rows,
         )
         self.policy.observe(outcome)
-        self.drafter.observe(outcome)
+        self.drafters.observe(outcome)
         return new, outcome
 
     def _to_verify(self, proposal: Draft) -> int:
@@ -225,6 +229,27 @@ class Engine:
             self.target.commit([0, *(node + 1 for node in path)])
         elif drafted:
             self.target.commit(path)
+
+
+def ask_drafters(
+    arms: Mapping[str, Drafter], state: DecodeState, budget: Budget, policy: Policy
+) -> Draft:
+    """The drafters the budget names, asked in order, each under its own budget; one whose
+    promise is below what the draft in hand is worth (a plain step's, before any) is not
+    asked, and the draft the policy values most is kept. A sampled draft is taken as it
+    comes: choosing it by its own tokens' worth would bias the output (DESIGN.md rule 1)."""
+    best, in_hand = Draft(), budget.plain
+    for name in budget.ask:
+        arm = budget.for_drafter(name)
+        if arm.max_tokens == 0 or (arm.promise is not None and arm.promise < in_hand):
+            continue
+        draft = arms[name].propose(state, arm)
+        if draft.sampled:
+            return draft
+        worth = policy.value(draft)
+        if worth >= in_hand:
+            best, in_hand = draft, worth
+    return best
 
 
 def _rows_seen(logits: torch.Tensor, tokens: list[int], tree: TokenTree, k: int) -> RowsSeen | None:

@@ -194,8 +194,8 @@ def test_auto_gets_the_draft_model_as_an_arm_and_ngram_does_not():
     draft model as an arm; a model-free method is measured without it."""
     target, draft = backend(tiny_model(seed=0)), backend(tiny_model(seed=3))
     auto = AdaspecMethod("auto:goodput", target, draft).engine.drafter
-    assert set(auto.drafters) == {"ngram", "recycling", "aded", "model", "model-tree"}
-    assert set(AdaspecMethod("auto", target, None).engine.drafter.drafters) == {
+    assert set(auto.arms) == {"ngram", "recycling", "aded", "model", "model-tree"}
+    assert set(AdaspecMethod("auto", target, None).engine.drafters.arms) == {
         "ngram",
         "recycling",
         "aded",

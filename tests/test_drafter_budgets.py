@@ -1,7 +1,9 @@
 """What a drafter is asked for: a drafter used alone gets its own plan from goodput, and
-under sampling the auto drafter never chooses among drafts by their sampled tokens."""
+under sampling the engine never chooses among drafts by their sampled tokens."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import torch
 
@@ -9,9 +11,8 @@ from adaspec.budget import Budget
 from adaspec.build import build_engine
 from adaspec.config import GenerationConfig, SamplingParams
 from adaspec.draft import Draft
-from adaspec.drafters.auto import AutoDrafter
 from adaspec.drafters.ngram import NgramDrafter
-from adaspec.engine import Engine
+from adaspec.engine import Engine, ask_drafters
 from adaspec.policies.goodput import GoodputPolicy
 from adaspec.state import DecodeState
 from tests.table import REPEATING, Clock, TableBackend, cyclic_target, random_table
@@ -85,22 +86,43 @@ class FixedDraft:
         pass
 
 
-def test_auto_takes_a_sampled_draft_it_asked_for_whatever_its_tokens_are_worth():
+class Worth:
+    """A policy that values drafts by their source."""
+
+    def __init__(self, worth: dict[str, float]) -> None:
+        self.worth = worth
+
+    def value(self, draft: Draft) -> float:
+        return self.worth[draft.source]
+
+
+def test_a_sampled_draft_asked_for_is_taken_whatever_its_tokens_are_worth():
     """The choice to ask the model arm is made on promises before it samples; comparing
     its sampled tokens' value with the lookup's draft afterwards would make the verified
     draft depend on the sampled tokens."""
     lookup = Draft([1, 2], None, [0.6, 0.6], "ngram")
     sampled = Draft([3], torch.full((1, 4), 0.25), [0.25], "model")
-    auto = AutoDrafter({"ngram": FixedDraft(lookup), "model": FixedDraft(sampled)})
-    worth = {"ngram": 2.0, "model": 1.5, "": 1.0}  # the sampled draft looks worse
-    budget = Budget(
-        2,
-        per_drafter={"ngram": Budget(2, promise=2.0), "model": Budget(2, promise=3.0)},
-        value=lambda draft: worth[draft.source],
-    )
+    policy = Worth({"ngram": 2.0, "model": 1.5, "": 1.0})  # the sampled draft looks worse
+    per = {"ngram": Budget(2, promise=2.0), "model": Budget(2, promise=3.0)}
+    budget = Budget(2, plain=1.0, ask=("ngram", "model"), per_drafter=per)
     state = DecodeState([0, 1], 2, SamplingParams(1.0), torch.Generator())
-    assert auto.propose(state, budget) is sampled
+    arms = {"ngram": FixedDraft(lookup), "model": FixedDraft(sampled)}
+    assert ask_drafters(arms, state, budget, policy) is sampled
     greedy_lookup = Draft([1, 2], None, [0.6, 0.6], "ngram")
     greedy_model = Draft([3], None, [0.25], "model")  # greedy: a function of the text
-    auto = AutoDrafter({"ngram": FixedDraft(greedy_lookup), "model": FixedDraft(greedy_model)})
-    assert auto.propose(state, budget) is greedy_lookup
+    arms = {"ngram": FixedDraft(greedy_lookup), "model": FixedDraft(greedy_model)}
+    assert ask_drafters(arms, state, budget, policy) is greedy_lookup
+
+
+def test_a_drafter_promising_less_than_the_draft_in_hand_is_not_asked():
+    lookup = Draft([1, 2], None, [0.6, 0.6], "ngram")
+    model = FixedDraft(Draft([3], None, [0.9], "model"))
+    per = {"ngram": Budget(2, promise=1.0), "model": Budget(2, promise=1.5)}
+    budget = Budget(2, plain=1.0, ask=("ngram", "model"), per_drafter=per)
+    state = DecodeState([0, 1], 2, SamplingParams(), torch.Generator())
+    arms = {"ngram": FixedDraft(lookup), "model": model}
+    policy = Worth({"ngram": 2.0, "model": 1.8, "": 1.0})
+    assert ask_drafters(arms, state, budget, policy) is lookup  # 1.5 < 2.0: not asked
+    policy = Worth({"ngram": 1.2, "model": 1.8, "": 1.0})
+    assert ask_drafters(arms, state, budget, policy) is model.draft  # asked, and worth more
+    assert ask_drafters(arms, state, replace(budget, ask=()), policy).tokens == []

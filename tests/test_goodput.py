@@ -12,8 +12,10 @@ from adaspec.budget import Budget
 from adaspec.config import GenerationConfig, SamplingParams
 from adaspec.draft import Draft
 from adaspec.drafters.auto import AutoDrafter
+from adaspec.drafters.base import DrafterSet
 from adaspec.drafters.ngram import match_confidence
-from adaspec.engine import Engine
+from adaspec.engine import Engine, ask_drafters
+from adaspec.policies.arm_choice import ArmChoice
 from adaspec.policies.estimates import Acceptance, Calibration, DraftCost, Ewma, VerifyCost
 from adaspec.policies.goodput import GoodputPolicy, best_length, best_prefix, expected_tokens
 from adaspec.profile import CostProfile
@@ -26,6 +28,8 @@ COSTS = {
     "cpu-measured": lambda n: 55.0 + 16.0 * (n - 1) if n <= 5 else 120.0 + 41.0 * (n - 5),
     "gpu-flat": lambda n: 20.0 + 0.5 * n,
 }
+# The drafters a policy chooses among in these tests, each with its guessed cost share.
+ARMS = {"ngram": 0.0, "synthetic": 0.0, "model": 0.32}
 
 
 def brute_force(acceptance: float, cost, draft_ms: float, k_max: int) -> int:
@@ -63,7 +67,7 @@ def simulate(policy, cost, acceptance_at, steps, confidence=0.9, draft_ms=0.0, s
     verify of n positions takes ``cost(n)`` ms. Returns the verified length per step."""
     rng = random.Random(seed)
     state = DecodeState([1, 2, 3], 3, SamplingParams(), torch.Generator())
-    policy.start(state)
+    policy.start(state, ARMS)
     lengths = []
     for step in range(steps):
         budget = policy.budget(state).for_drafter("synthetic")
@@ -127,7 +131,7 @@ def test_a_step_the_prefill_scored_teaches_only_the_cost_of_what_ran():
     """The first step takes its first row from the prompt's prefill: it must not record a
     near-zero cost for one position, and a first draft of k costs k positions."""
     policy = GoodputPolicy(8)
-    policy.start(DecodeState([1, 2, 3], 3, SamplingParams(), torch.Generator()))
+    policy.start(DecodeState([1, 2, 3], 3, SamplingParams(), torch.Generator()), ARMS)
     policy.observe(StepOutcome(0, 0, 1, 0.0, 0.00001, prescored=True))
     assert policy.verify.seen == {}
     policy.observe(StepOutcome(3, 3, 4, 0.0, 0.3, drafter="ngram", proposed=3, prescored=True))
@@ -143,7 +147,7 @@ def test_the_first_step_drafts_only_what_beats_the_token_the_prefill_gave():
     for n in (1, 2, 3):  # cpu-measured: 55, 71, 87 ms
         policy.verify.observe(n, COSTS["cpu-measured"](n), 10)
     state = DecodeState([1, 2, 3], 3, SamplingParams(), torch.Generator())
-    policy.start(state)
+    policy.start(state, ARMS)
     draft = Draft([7], None, [0.5], "ngram")
     policy.calibration.caution = 0.0
     policy.budget(state)
@@ -238,7 +242,7 @@ def test_an_untimed_machine_tries_a_draft_and_learns_what_it_costs():
     """With no profile, the cost of a multi-token forward is guessed low, so the first
     plausible draft is tried and timed; a pessimistic guess would never be put to the test."""
     policy = GoodputPolicy(4)
-    policy.start(DecodeState([1, 2, 3], 3, SamplingParams(), torch.Generator()))
+    policy.start(DecodeState([1, 2, 3], 3, SamplingParams(), torch.Generator()), ARMS)
     policy.verify.observe(1, 100.0, 10)  # one-token steps timed; no bigger forward yet
     draft = Draft([7], None, [match_confidence(1)], "ngram")  # a 1-gram match: p = 0.17
     assert policy.trim(draft) == 1
@@ -256,37 +260,20 @@ def test_verify_cost_interpolates_and_extrapolates():
     assert cost.ms(9) == pytest.approx(500.0)
 
 
-class _ScriptedArm:
-    """A drafter whose outcome the test decides."""
-
-    row_top_k = 0
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def start(self, state):
-        pass
-
-    def propose(self, state, budget: Budget) -> Draft:
-        return Draft([1], None, [0.9], self.name)
-
-    def observe(self, outcome):
-        pass
-
-
-def test_auto_drafter_follows_the_faster_arm_and_switches():
-    auto = AutoDrafter({"a": _ScriptedArm("a"), "b": _ScriptedArm("b")})
-    state = DecodeState([1, 2], 2, SamplingParams(), torch.Generator())
-    auto.start(state)
+def test_the_bandit_follows_the_faster_arm_and_switches():
+    """Policies that predict no rates ask the arm with the best discounted tokens per
+    second plus an exploration bonus."""
+    choice = ArmChoice(("a", "b"))
     picks = []
     for step in range(200):
-        arm = auto.propose(state, Budget(4)).source
+        (arm,) = choice.choose()
         picks.append(arm)
         fast = "a" if step < 100 else "b"
         emitted = 3 if arm == fast else 1
-        auto.observe(StepOutcome(1, emitted - 1, emitted, 0.0, 0.1, drafter=arm, proposed=1))
+        choice.observe(StepOutcome(1, emitted - 1, emitted, 0.0, 0.1, drafter=arm, proposed=1))
     assert picks[50:100].count("a") >= 40, picks[50:100]
     assert picks[150:].count("b") >= 40, picks[150:]
+    assert ArmChoice(()).choose() == ()
 
 
 def test_goodput_and_auto_speculate_on_tiny_models_and_match_autoregressive():
@@ -342,14 +329,13 @@ def simulate_auto(
     rng = random.Random(seed)
     profile = _profile_of(cost) if profiled else None
     policy = GoodputPolicy(8, profile)
-    auto = AutoDrafter({arm.name: arm for arm in arms}, shares)
+    auto = DrafterSet({arm.name: arm for arm in arms}, shares)
     state = DecodeState([1, 2, 3], 3, SamplingParams(), torch.Generator())
-    policy.start(state)
+    policy.start(state, auto.shares)
     auto.start(state)
     used = []
     for _ in range(steps):
-        budget = policy.budget(state)
-        proposal = auto.propose(state, budget) if budget.allows_drafting else Draft()
+        proposal = ask_drafters(auto.arms, state, policy.budget(state), policy)
         draft = proposal.prefix(policy.trim(proposal))
         accepted = 0
         while accepted < len(draft.tokens) and rng.random() < acceptance.get(draft.source, 0):
@@ -441,12 +427,14 @@ def test_a_drafters_first_step_in_a_request_does_not_price_its_tokens():
     cost. What a drafted token costs is the machine's, so it carries over to the next."""
     policy = GoodputPolicy(8)
     state = DecodeState([1, 2, 3], 3, SamplingParams(), torch.Generator())
-    policy.start(state)
+    policy.start(state, ARMS)
     policy.observe(StepOutcome(2, 2, 3, 2.0, 0.1, drafter="model", proposed=2))
     assert "model" not in policy.draft_ms
     policy.observe(StepOutcome(2, 2, 3, 0.05, 0.1, drafter="model", proposed=2))
     assert policy.draft_ms["model"].value == pytest.approx(25.0)
-    policy.start(state)
+    policy.start(state, ARMS)
+    for _ in range(2):  # the baseline timed: drafting is planned
+        policy.verify.observe(1, 100.0, 3)
     assert policy.budget(state).for_drafter("model").promise is not None
 
 
@@ -551,14 +539,14 @@ def test_a_long_context_prices_the_draft_models_first_step_in_a_request():
     and costs nothing once the model has drafted in this request."""
     policy = GoodputPolicy(8)
     state = DecodeState([1] * 100, 100, SamplingParams(), torch.Generator())
-    for n in (1, 2, 3):
+    for n in (1, 1, 2, 3):
         policy.verify.observe(n, COSTS["cpu-measured"](n), 100)
     policy.draft_ms["model"] = DraftCost()
     policy.draft_ms["model"].add(20.0)
-    policy.start(state)
+    policy.start(state, ARMS)
     policy.observe(StepOutcome(2, 2, 3, 0.040 + 0.5, 0.07, drafter="model", proposed=2))
     assert policy.setup_ms["model"].value == pytest.approx(500.0 / 100)  # ms per context token
-    policy.start(state)  # a new request: the model not used in it yet
+    policy.start(state, ARMS)  # a new request: the model not used in it yet
     policy.verify.context = 50
     short = policy.budget(state).for_drafter("model").promise
     policy.verify.context = 1000
@@ -576,7 +564,7 @@ def test_a_draft_models_set_up_is_spread_over_the_tokens_left_not_the_steps():
     With 300 tokens left the same set-up pays, and the model is bought."""
     cost = COSTS["cpu-measured"]
     policy = GoodputPolicy(8)
-    for n in (1, 2, 3, 4):
+    for n in (1, 1, 2, 3, 4):
         policy.verify.observe(n, cost(n), 300)
     policy.draft_ms["model"] = DraftCost()
     policy.draft_ms["model"].add(10.0)
@@ -587,7 +575,7 @@ def test_a_draft_models_set_up_is_spread_over_the_tokens_left_not_the_steps():
     def promise(limit: int) -> float:
         state = DecodeState([1] * 300, 300, SamplingParams(), torch.Generator())
         state.max_new_tokens = limit
-        policy.start(state)
+        policy.start(state, ARMS)
         policy.verify.context = 300
         return policy.budget(state).for_drafter("model").promise
 
@@ -619,7 +607,7 @@ def test_goodput_times_plain_steps_before_it_drafts():
     draft, and a cold first one (weights faulted in) does not stand for what one costs."""
     policy = GoodputPolicy(8)
     state = DecodeState([1, 2, 3], 3, SamplingParams(), torch.Generator())
-    policy.start(state)
+    policy.start(state, ARMS)
     assert not policy.budget(state).allows_drafting
     policy.observe(StepOutcome(0, 0, 1, 0.0, 0.114))  # cold
     assert not policy.budget(state).allows_drafting
@@ -634,7 +622,7 @@ def test_a_draft_the_calibration_doubts_stops_before_its_next_token():
     drafts several tokens; one the calibration doubts ends the draft before another forward
     is paid for, a trusted one does not, and a draft at the plan's length stops there."""
     policy = GoodputPolicy(8)
-    policy.start(DecodeState([1] * 40, 40, SamplingParams(), torch.Generator()))
+    policy.start(DecodeState([1] * 40, 40, SamplingParams(), torch.Generator()), ARMS)
     for _ in range(5):
         policy.acceptance.observe("model", 4, 4)
     for n in (1, 1, 2, 3, 4, 5):
@@ -659,7 +647,7 @@ def test_a_paid_draft_left_unverified_counts_against_its_drafter():
     draft says nothing of it."""
     policy = GoodputPolicy(8)
     state = DecodeState([1] * 40, 40, SamplingParams(), torch.Generator())
-    policy.start(state)
+    policy.start(state, ARMS)
     for n in (1, 1, 2, 3):
         policy.verify.observe(n, 300.0 + 50.0 * (n > 1), 40)
     policy.draft_ms["model"] = DraftCost()
@@ -689,8 +677,8 @@ def test_a_draft_model_must_promise_a_margin_over_what_is_in_hand():
     cost = COSTS["cpu-measured"]
     policy = GoodputPolicy(8)
     state = DecodeState([1] * 50, 50, SamplingParams(), torch.Generator())
-    policy.start(state)
-    for n in (1, 2, 3, 4):
+    policy.start(state, ARMS)
+    for n in (1, 1, 2, 3, 4):
         policy.verify.observe(n, cost(n), 50)
     policy.draft_ms["model"] = DraftCost()
     policy.draft_ms["model"].add(10.0)
@@ -717,12 +705,33 @@ def test_a_draft_model_not_timed_yet_is_tried_where_the_target_is_sure_of_the_te
     def promise(sure: float) -> float:
         policy = GoodputPolicy(8)
         state = DecodeState([1] * 50, 50, SamplingParams(), torch.Generator())
-        policy.start(state)
-        for n in (1, 2, 3, 4):
+        policy.start(state, ARMS)
+        for n in (1, 1, 2, 3, 4):
             policy.verify.observe(n, cost(n), 50)
         for _ in range(10):
             policy.acceptance.observe_target(sure)
-        return policy.budget(state).promise_at("model", 0.32)
+        return policy.budget(state).for_drafter("model").promise
 
-    assert promise(0.95) > plain
-    assert promise(0.6) < plain
+    assert promise(0.95) == pytest.approx(plain)  # asked where nothing better is in hand
+    assert promise(0.6) < plain  # never asked
+
+
+@pytest.mark.parametrize(("curve", "wide"), [("gpu-flat", True), ("cpu-measured", False)])
+def test_a_paid_drafter_gets_as_many_nodes_as_cost_no_more_than_its_chain(curve, wide):
+    """model-tree's width comes from the cost curve: where rows come nearly free it may grow
+    a wide tree for the price of the chain the plan chose; where each row costs a step, a
+    chain's k nodes."""
+    cost = COSTS[curve]
+    policy = GoodputPolicy(8)
+    state = DecodeState([1] * 50, 50, SamplingParams(), torch.Generator())
+    policy.start(state, ARMS)
+    for n in (1, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32):
+        policy.verify.observe(n, cost(n), 50)
+    policy.draft_ms["model"] = DraftCost()
+    policy.draft_ms["model"].add(0.1 * cost(1))
+    policy.set_up = {"model"}
+    policy.acceptance.prior = 0.9
+    plan = policy.budget(state).for_drafter("model")
+    assert plan.depth_limit >= 1
+    assert (plan.max_tokens > plan.depth_limit) is wide, plan
+    assert plan.max_tokens <= 64

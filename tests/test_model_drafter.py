@@ -62,7 +62,7 @@ def test_a_budgets_stop_rule_ends_the_draft_before_its_next_pass():
     prompt = [3, 17, 42, 8]
     state = DecodeState(list(prompt), len(prompt), SamplingParams(), torch.Generator())
     drafter.start(state)
-    proposed = drafter.propose(state, Budget(6, stop=lambda confidences: len(confidences) >= 2))
+    proposed = drafter.propose(state, Budget(6, min_path=(0.0, 0.0, 1.1)))
     assert len(proposed.tokens) == 2 and draft.passes == 2
     stopping = StopAfter(FixedPolicy(6), 2)
     result = Engine(target, ModelDrafter(draft, target.vocab_size), stopping).generate(
@@ -83,4 +83,5 @@ class StopAfter:
         return getattr(self.inner, name)
 
     def budget(self, state):
-        return replace(self.inner.budget(state), stop=lambda c: len(c) >= self.n)
+        floors = (0.0,) * self.n + (1.1,)  # no path is accepted with probability 1.1
+        return replace(self.inner.budget(state), min_path=floors)

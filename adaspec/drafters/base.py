@@ -6,6 +6,7 @@ the outcome, but the draft length is not its business: it fills the Budget a Pol
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import ClassVar, Protocol, runtime_checkable
 
 from adaspec.backends.base import Backend
@@ -40,6 +41,30 @@ class Drafter(Protocol):
         ...
 
     def observe(self, outcome: StepOutcome) -> None: ...
+
+
+class DrafterSet:
+    """The drafters a policy chooses among each step (auto's arms, or one drafter alone),
+    cheapest to propose first: started together, and each learns from every outcome."""
+
+    def __init__(self, arms: Mapping[str, Drafter], shares: Mapping[str, float] | None = None):
+        self.arms = dict(arms)
+        # Per arm, a drafted token's cost as a share of a one-token target forward, guessed
+        # before it is timed (a draft model: its weights over the target's).
+        self.shares = {name: (shares or {}).get(name, 0.0) for name in self.arms}
+        self.row_top_k = max((arm.row_top_k for arm in self.arms.values()), default=0)
+
+    @classmethod
+    def of(cls, drafter: Drafter | DrafterSet) -> DrafterSet:
+        return drafter if isinstance(drafter, DrafterSet) else cls({drafter.name: drafter})
+
+    def start(self, state: DecodeState) -> None:
+        for drafter in self.arms.values():
+            drafter.start(state)
+
+    def observe(self, outcome: StepOutcome) -> None:
+        for drafter in self.arms.values():
+            drafter.observe(outcome)
 
 
 DRAFTERS: Registry[Drafter] = Registry("drafter")

@@ -55,7 +55,7 @@ class ModelDrafter:
         return cls(draft, target.vocab_size, AcceptanceHead.load(path) if path.exists() else None)
 
     def start(self, state: DecodeState) -> None:
-        """The prompt is fed on the first proposal: a drafter the auto drafter never picks
+        """The prompt is fed on the first proposal: a drafter the policy never asks
         costs nothing."""
         self.backend.reset()
         self._fed = []

@@ -1,17 +1,21 @@
-"""The Policy protocol: the budget for the next draft, learned from past steps.
+"""The Policy protocol: which drafters to ask and how much they may draft, learned from
+past steps.
 
 A policy never drafts and a drafter never decides how much to draft: the policy hands the
-drafter a Budget, the drafter fills at most that much, and both see the step's outcome.
+drafters a Budget, each drafter asked fills at most that much, and all see the outcome.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import ClassVar, Protocol, runtime_checkable
 
 from adaspec.backends.base import Backend
 from adaspec.budget import Budget
 from adaspec.draft import Draft
 from adaspec.errors import ConfigError
+from adaspec.policies.arm_choice import ArmChoice
 from adaspec.registry import Registry
 from adaspec.state import DecodeState
 from adaspec.stats import StepOutcome
@@ -26,8 +30,9 @@ class Policy(Protocol):
         """Build for this target; k is the policy's draft-length knob (None: its default)."""
         ...
 
-    def start(self, state: DecodeState) -> None:
-        """Forget the previous request."""
+    def start(self, state: DecodeState, arms: Mapping[str, float]) -> None:
+        """Forget the previous request. ``arms``: the drafters to choose among, cheapest
+        first, each with its drafted token's guessed cost as a share of a target step."""
         ...
 
     @classmethod
@@ -36,7 +41,14 @@ class Policy(Protocol):
         be worth asking here; False: a drafter that merely may use one is built without."""
         ...
 
-    def budget(self, state: DecodeState) -> Budget: ...
+    def budget(self, state: DecodeState) -> Budget:
+        """Which drafters to ask (``ask``) and how much each may draft."""
+        ...
+
+    def value(self, draft: Draft) -> float:
+        """What verifying a draft in hand is worth, on the scale of ``Budget.promise`` and
+        ``Budget.plain``: of several drafts asked for, the engine keeps the worthiest."""
+        ...
 
     def trim(self, draft: Draft) -> int:
         """How many of the drafted tokens to verify (drafting is done, verifying is not).
@@ -49,9 +61,11 @@ class Policy(Protocol):
 
 class PolicyDefaults:
     """The parts most policies leave alone: no target-specific set-up, nothing to forget
-    between requests, every drafted token verified, nothing learned."""
+    between requests, every drafted token verified, nothing learned but which drafter to
+    ask (a bandit over the arms; ``asking`` names its pick in a budget)."""
 
     uses_cost_profile: ClassVar[bool] = False
+    choice: ArmChoice = ArmChoice(())
 
     @classmethod
     def create(cls, k: int | None, target: Backend) -> Policy:
@@ -61,14 +75,21 @@ class PolicyDefaults:
     def may_ask_draft_model(cls, target: Backend, share: float) -> bool:
         return True
 
-    def start(self, state: DecodeState) -> None:
-        pass
+    def start(self, state: DecodeState, arms: Mapping[str, float]) -> None:
+        self.choice = ArmChoice(tuple(arms))
+
+    def asking(self, budget: Budget) -> Budget:
+        """This budget for the drafter the bandit picks."""
+        return replace(budget, ask=self.choice.choose())
 
     def trim(self, draft: Draft) -> int:
         return len(draft.tokens)
 
+    def value(self, draft: Draft) -> float:
+        return 0.0  # one drafter is asked: its draft is the one in hand
+
     def observe(self, outcome: StepOutcome) -> None:
-        pass
+        self.choice.observe(outcome)
 
 
 POLICIES: Registry[Policy] = Registry("policy")

@@ -18,4 +18,4 @@ class ConfidencePolicy(PolicyDefaults):
         self.threshold = threshold
 
     def budget(self, state: DecodeState) -> Budget:
-        return Budget(self.k_max, min_confidence=self.threshold)
+        return self.asking(Budget(self.k_max, min_confidence=self.threshold))

@@ -301,9 +301,11 @@ class Calibration:
         self.caution = caution
         self.counts: dict[tuple[str, int], list[float]] = {}  # [accepted, tried], all requests
         self.offsets: dict[str, list[float]] = {}  # this request: drafter -> [mean, precision]
+        self._points: dict[str, tuple[tuple[float, float], ...]] = {}  # kept until it learns
 
     def start(self) -> None:
         self.offsets.clear()
+        self._points.clear()
 
     def observe(self, drafter: str, confidences: Sequence[float], accepted: int) -> None:
         """A chain's step: tokens after the first rejection were not tested."""
@@ -312,6 +314,7 @@ class Calibration:
 
     def observe_tried(self, drafter: str, tried: Sequence[tuple[float, bool]]) -> None:
         """(confidence, accepted) of each node the target judged."""
+        self._points.pop(drafter, None)
         self._age(drafter)
         confidences = [c for c, _ in tried]
         outcomes = [1.0 if ok else 0.0 for _, ok in tried]
@@ -325,6 +328,18 @@ class Calibration:
         """The acceptance probability to plan with, for a token of this confidence."""
         mean, precision = self.offsets.get(drafter, (0.0, self._prior_precision()))
         return self._predict(drafter, confidence, mean - self.caution / math.sqrt(precision))
+
+    def points(self, drafter: str) -> tuple[tuple[float, float], ...]:
+        """``probability`` at each bin's ends, ascending: a drafter reads P(accepted) of
+        any confidence off the straight lines between them (Budget.probability). Read every
+        step for every drafter, so kept until the drafter's tokens are judged again."""
+        if drafter not in self._points:
+            ends = [0.0]
+            for edge in self.EDGES:
+                ends += [edge - 1e-6, edge]
+            ends.append(1.0)
+            self._points[drafter] = tuple((c, self.probability(drafter, c)) for c in ends)
+        return self._points[drafter]
 
     def rate(self, drafter: str, confidence: float) -> float:
         """The share of such tokens accepted so far, recent ones weighing most (before any:

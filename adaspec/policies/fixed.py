@@ -13,4 +13,4 @@ class FixedPolicy(PolicyDefaults):
         self.k = check_k(k)
 
     def budget(self, state: DecodeState) -> Budget:
-        return Budget(self.k)
+        return self.asking(Budget(self.k))

@@ -11,8 +11,8 @@ speculation happens only when it is nearly certain to be accepted.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from functools import partial
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from adaspec.backends.base import Backend
@@ -45,8 +45,10 @@ DOUBT = 1.1
 
 def expected_tokens(acceptance: float, k: int) -> float:
     """Tokens one step yields with k drafted, each accepted with this probability in turn
-    (the step always yields the target's own next token too)."""
-    return sum(acceptance**i for i in range(k + 1))
+    (the step always yields the target's own next token too): 1 + a + ... + a^k."""
+    if acceptance >= 1.0:
+        return k + 1.0
+    return (1.0 - acceptance ** (k + 1)) / (1.0 - acceptance)
 
 
 def best_length(
@@ -110,6 +112,7 @@ class GoodputPolicy(PolicyDefaults):
         self.limit: int | None = None  # this request's max_new_tokens
         self.request_tokens = Ewma()  # tokens a request has generated
         self.prescored = False  # the step under way has its first row from the prefill
+        self.arms: dict[str, float] = {}  # drafter -> guessed cost share, cheapest first
 
     @classmethod
     def create(cls, k: int | None, target: Backend) -> GoodputPolicy:
@@ -131,7 +134,8 @@ class GoodputPolicy(PolicyDefaults):
 
         return max(rate(k) for k in range(1, k_max + 1)) > 1.0 / step
 
-    def start(self, state: DecodeState) -> None:
+    def start(self, state: DecodeState, arms: Mapping[str, float]) -> None:
+        self.arms = dict(arms)
         self.verify.start(len(state.tokens))
         self.acceptance.start()
         self.calibration.start()
@@ -141,12 +145,17 @@ class GoodputPolicy(PolicyDefaults):
         self.generated, self.limit = 0, state.max_new_tokens
 
     def budget(self, state: DecodeState) -> Budget:
+        """Every arm with its plan, cheapest first; a plain step until the baseline is
+        timed. Promises are for choosing: with one arm, its plan's length alone says
+        whether to draft, and one not timed yet probes (it was the user's choice)."""
         self.prescored = state.next_logits is not None
-        per = {name: self._plan(name) for name in self.draft_ms}
-        budget = Budget(PROBE, per_drafter=per, value=self.value, promise_at=self.promise_at)
         if self.verify.timings(1) < BASELINE:
-            return budget.capped(0)  # a plain step: the baseline is timed first
-        return budget
+            return Budget(0)  # a plain step: the baseline is timed first
+        plain = 1.0 / self._step_ms(1)
+        per = {name: self._plan(name, share, plain) for name, share in self.arms.items()}
+        if len(per) == 1:
+            per = {name: replace(plan, promise=None) for name, plan in per.items()}
+        return Budget(PROBE, plain=plain, ask=tuple(per), per_drafter=per)
 
     def trim(self, draft: Draft) -> int:
         spent = self._draft_ms(draft.source) * len(draft.tokens)
@@ -155,9 +164,8 @@ class GoodputPolicy(PolicyDefaults):
     def value(self, draft: Draft) -> float:
         """Expected tokens per millisecond of verifying what trim() would keep of a draft
         in hand (its drafting is spent: a plain step is worth 1 / a one-token step)."""
-        return _best_prefix_and_rate(self._probabilities(draft), self._step_ms, 0.0, draft.parents)[
-            1
-        ]
+        probs = self._probabilities(draft)
+        return _best_prefix_and_rate(probs, self._step_ms, 0.0, draft.parents)[1]
 
     def observe(self, outcome: StepOutcome) -> None:
         self.generated += outcome.emitted
@@ -183,46 +191,71 @@ class GoodputPolicy(PolicyDefaults):
         self.acceptance.observe_tested(outcome.drafter, judged, outcome.accepted)
         self.calibration.observe_tried(outcome.drafter, outcome.tried())
 
-    def promise_at(self, drafter: str, share: float) -> float:
+    def _plan(self, drafter: str, share: float, plain: float) -> Budget:
+        """The budget for one drafter, with the rate the policy expects of it. A free one
+        drafts all it may (trim() judges a lookup's nodes); one that pays per token drafts
+        the best length, stopping early where its tokens look doubtful (``min_path``)."""
+        if drafter not in self.draft_ms:
+            return Budget(PROBE, promise=min(plain, self._promise_untimed(drafter, share)))
+        draft_ms, acceptance = self._draft_ms(drafter), self.acceptance.rate(drafter)
+        k, promise = self._rate(draft_ms, acceptance, self._setup_share(drafter))
+        if self._free(drafter):
+            k, nodes, margin = self._k_limit(), self._node_limit(), 1.0
+        else:
+            nodes, margin = self._nodes_costing(k), DOUBT
+        return Budget(
+            nodes,
+            max_depth=k,
+            promise=promise / margin,
+            min_path=self._min_path(draft_ms, acceptance, k),
+            calibration=self.calibration.points(drafter),
+        )
+
+    def _promise_untimed(self, drafter: str, share: float) -> float:
         """Expected tokens per millisecond from a drafter not timed yet, if a drafted token
         costs this share of a one-token forward (a draft model's weights over the target's)
         and is accepted at its prior for this text (how sure the target is of it): a draft
         model that could not pay even so is not worth its set-up (prefilling the context) to
         find out. A fixed prior would ask it on every text or on none: at 0.7, it looked 5%
         better than a plain step on code and prose alike. A free drafter (a lookup) promises
-        at least a plain step: trim() verifies none of its tokens where none pay."""
+        at least a plain step: trim() verifies none of its tokens where none pay. The plan
+        caps it at a plain step: an untimed arm is asked only where nothing better is in
+        hand."""
         draft_ms = share * self.verify.ms(1)
         free = self._free_at(draft_ms)
         rate = self._rate(draft_ms, self.acceptance.rate(drafter), 0.0, k_min=0 if free else 1)[1]
         return rate if free else rate / DOUBT
 
-    def _plan(self, drafter: str) -> Budget:
-        """The budget for one drafter, with the rate the policy expects of it."""
-        draft_ms, acceptance = self._draft_ms(drafter), self.acceptance.rate(drafter)
-        k, promise = self._rate(draft_ms, acceptance, self._setup_share(drafter))
-        free = self._free(drafter)
-        nodes = k
-        if free:  # draft all: trim() judges a lookup's nodes, stop() a sampled draft's
-            k, nodes = self._k_limit(), self._node_limit()
-        margin = 1.0 if free else DOUBT
-        stop = partial(self.stop_drafting, drafter, k)
-        return Budget(nodes, max_depth=k, promise=promise / margin, stop=stop)
+    def _min_path(self, draft_ms: float, acceptance: float, k: int) -> tuple[float, ...]:
+        """SpecDec++'s early stop, priced, as data. With d tokens drafted, all accepted with
+        probability P, drafting m more (each accepted at the drafter's rate a, if all before
+        it are) adds P (a + ... + a^m) expected tokens for m more verified rows and m drafted
+        tokens; that pays where it beats the rate this plan expects. So the least P worth
+        going on from at depth d is the best m's price: a draft the calibration already
+        doubts stops before paying a forward for a token unlikely to be reached."""
+        cost = [self._step_ms(n) for n in range(1, k + 2)]  # [n - 1]: a step of n rows
+        gain = [0.0]  # [m] a + ... + a^m
+        for m in range(1, k + 1):
+            gain.append(gain[-1] + acceptance**m)
+        rate = max((1.0 + gain[j]) / (cost[j] + draft_ms * j) for j in range(k + 1))
+        floors = [0.0]
+        for depth in range(1, k):
+            floors.append(
+                min(
+                    rate * (cost[depth + m] - cost[depth] + draft_ms * m) / max(gain[m], 1e-12)
+                    for m in range(1, k - depth + 1)
+                )
+            )
+        return tuple(floors)
 
-    def stop_drafting(self, drafter: str, k: int, confidences: Sequence[float]) -> bool:
-        """SpecDec++'s early stop, priced: whether no longer draft of at most k tokens
-        (the further ones accepted at the drafter's rate, each if all before it are) would
-        be verified at a better rate than the tokens in hand. The plan's k assumed average
-        tokens; a draft whose tokens the calibration already doubts stops here, before
-        paying a forward for a token unlikely to be reached."""
-        probs = [self.calibration.probability(drafter, c) for c in confidences]
-        draft_ms, acceptance = self._draft_ms(drafter), self.acceptance.rate(drafter)
-        spent = draft_ms * len(probs)
-        now = _best_prefix_and_rate(probs, self._step_ms, spent)[1]
-        for more in range(1, k - len(probs) + 1):
-            longer = [*probs, *[acceptance] * more]
-            if _best_prefix_and_rate(longer, self._step_ms, spent + draft_ms * more)[1] > now:
-                return False
-        return True
+    def _nodes_costing(self, k: int) -> int:
+        """The most nodes whose verify costs no more than a chain of k does (within 5%): a
+        tree drafter's (model-tree's) width where rows come cheap, k where they do not."""
+        budget = 1.05 * self._step_ms(k + 1)
+        nodes = k
+        while nodes < self._node_limit() and self._step_ms(nodes + 2) <= budget:
+            nodes += 1
+        return nodes
 
     def _rate(
         self, draft_ms: float, acceptance: float, setup_ms: float, k_min: int = 0

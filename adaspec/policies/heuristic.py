@@ -3,6 +3,8 @@ fully accepted draft, shrink it by 1 otherwise, never below 1."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from adaspec.budget import Budget
 from adaspec.policies.base import POLICIES, PolicyDefaults, check_k
 from adaspec.state import DecodeState
@@ -16,13 +18,15 @@ class HeuristicPolicy(PolicyDefaults):
         self.k_max = max(k_max, self.initial)
         self.k = self.initial
 
-    def start(self, state: DecodeState) -> None:
+    def start(self, state: DecodeState, arms: Mapping[str, float]) -> None:
+        super().start(state, arms)
         self.k = self.initial
 
     def budget(self, state: DecodeState) -> Budget:
-        return Budget(self.k)
+        return self.asking(Budget(self.k))
 
     def observe(self, outcome: StepOutcome) -> None:
+        super().observe(outcome)
         if outcome.drafted == 0:
             return  # nothing was proposed (no n-gram match, or the length cap): no evidence
         if outcome.accepted == outcome.drafted:
