@@ -95,10 +95,12 @@ def test_self_draft_is_fully_accepted(target):
     assert stats["mean_accepted"] == 5.0  # 4 drafted + 1 bonus per target pass
 
 
-def test_each_step_records_how_sure_the_target_was_of_its_own_token(target):
+@pytest.mark.parametrize("record_rows", [0, 3])
+def test_each_step_records_how_sure_the_target_was_of_its_own_token(target, record_rows):
     """The target's softmax maximum at the row its own token came from: with a self-draft
-    of 4 fully accepted, the row after the prompt and those 4 tokens."""
-    engine = Engine(target, DRAFTERS["model-self"](target), FixedPolicy(4))
+    of 4 fully accepted, the row after the prompt and those 4 tokens (read off the rows'
+    top-k where they are kept)."""
+    engine = Engine(target, DRAFTERS["model-self"](target), FixedPolicy(4), record_rows=record_rows)
     result = engine.generate(PROMPTS[1], GenerationConfig(max_new_tokens=11))
     first = result.stats.steps[0]
     assert first.accepted == 4

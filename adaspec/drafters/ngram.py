@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from adaspec.backends.base import Backend
 from adaspec.budget import Budget
@@ -41,13 +40,19 @@ def earlier_continuations(
     continuation token exists. A continuation is copied LZ77-style (it may run into the
     text it is producing), so a repeating pattern yields a full k tokens."""
     seq = np.asarray(tokens, dtype=np.int64)
+    text = list(tokens)
+    # Where the last token occurred before (one pass over the text); a longer n-gram can
+    # only end at one of these, so only they are checked further back.
+    ends = np.flatnonzero(seq[:-1] == seq[-1])  # [m]
     found: list[tuple[list[int], int]] = []
     for n in range(max_ngram, min_ngram - 1, -1):
         if len(seq) <= n:
             continue
-        windows = sliding_window_view(seq[:-1], n)  # [len - n, n]
-        for hit in np.flatnonzero((windows == seq[-n:]).all(axis=1))[::-1]:
-            continuation = _copy(seq.tolist(), int(hit) + n, k)
+        match = ends[ends >= n - 1]
+        for back in range(1, n):
+            match = match[seq[match - back] == seq[-1 - back]]
+        for hit in (match - (n - 1))[::-1]:  # starts, most recent first
+            continuation = _copy(text, int(hit) + n, k)
             if all(continuation != seen for seen, _ in found):
                 found.append((continuation, n))
             if len(found) == most:
@@ -82,11 +87,10 @@ def continuation_tree(
 
 
 def _copy(seq: list[int], source: int, k: int) -> list[int]:
+    """k tokens of ``seq`` from ``source`` on, running into the copy itself past its end."""
     out: list[int] = []
-    for i in range(k):
-        token = seq[source + i]
-        seq.append(token)
-        out.append(token)
+    for i in range(source, source + k):
+        out.append(seq[i] if i < len(seq) else out[i - len(seq)])
     return out
 
 
