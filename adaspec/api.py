@@ -79,11 +79,12 @@ def load(
 ) -> Engine:
     """An Engine for a target (and optional draft model) given by name or path.
 
-    The default, ``auto`` drafter with the ``goodput`` policy, picks among the drafters
-    available and speculates only as much as pays. A drafter that can draft with a model
-    (``auto``, ``model``) gets the default pair's draft when the target is the default
-    one and no draft is named; ``draft="none"`` leaves it out. Whether the draft model
-    pays is auto's to find out on this machine: on a CPU running torch it does; under
+    The default, ``auto`` drafter (every drafter that works here, as arms) with the
+    ``goodput`` policy, which picks among them each step, speculates only as much as pays.
+    A drafter that can draft with a model (``auto``, ``model``) gets the default pair's
+    draft when the target is the default one and no draft is named; ``draft="none"``
+    leaves it out. Whether the draft model pays is the policy's to find out on this
+    machine: on a CPU running torch it does; under
     llama.cpp, where it costs half a target step and 2 positions cost twice one, even
     drafts all accepted could not beat plain steps, so the policy rules it out before it
     is loaded (a second or so of every CLI call, and its memory).
