@@ -272,9 +272,9 @@ def _rows_seen(logits: torch.Tensor, tokens: list[int], tree: TokenTree, k: int)
 def _target_top(logits: torch.Tensor, rows: RowsSeen | None, row: int) -> float:
     """How sure the target was of the token it chose itself (from row ``row`` of
     ``logits``: [n + 1, vocab]): the goodput policy reads from it how likely a draft is to
-    agree before paying for one. Read off the row's top-k where they were kept (each pass
-    over a 152k row costs 0.2-0.3 ms on a CPU, next to a 44 ms llama.cpp step); else one
-    row's max - logsumexp (a softmax over every row verified cost 1-2 ms)."""
+    agree before paying for one. Read off the row's top-k where they were kept, since each
+    pass over a vocabulary-wide row is a visible share of a CPU step (docs/benchmarks.md);
+    else one row's max - logsumexp, not a softmax over every row verified."""
     if rows is not None:
         return rows.top_probs[row][0]
     top = logits[row].float()

@@ -25,9 +25,8 @@ from adaspec.stats import StepOutcome
 
 Key = tuple[int, ...]  # (a, b): a tri-gram's context; (b,): a bigram's
 # How often a context's likeliest successor is the target's choice, per share of the
-# context's weight, by context length: on 3,600 replayed positions a share above 0.9 was
-# right 67% of the time after a tri-gram, 35% after a bigram (docs/methods.md). A share
-# taken as the chance had goodput verify drafts that lost on llama.cpp.
+# context's weight, by context length: fitted on replayed answers (docs/methods.md). A
+# share taken as the chance had goodput verify drafts that lost on llama.cpp.
 CONTEXT_TRUST = {2: 0.7, 1: 0.35}
 
 

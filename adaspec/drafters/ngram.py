@@ -40,7 +40,6 @@ def earlier_continuations(
     continuation token exists. A continuation is copied LZ77-style (it may run into the
     text it is producing), so a repeating pattern yields a full k tokens."""
     seq = np.asarray(tokens, dtype=np.int64)
-    text = list(tokens)
     # Where the last token occurred before (one pass over the text); a longer n-gram can
     # only end at one of these, so only they are checked further back.
     ends = np.flatnonzero(seq[:-1] == seq[-1])  # [m]
@@ -52,7 +51,7 @@ def earlier_continuations(
         for back in range(1, n):
             match = match[seq[match - back] == seq[-1 - back]]
         for hit in (match - (n - 1))[::-1]:  # starts, most recent first
-            continuation = _copy(text, int(hit) + n, k)
+            continuation = _copy(tokens, int(hit) + n, k)
             if all(continuation != seen for seen, _ in found):
                 found.append((continuation, n))
             if len(found) == most:
@@ -86,7 +85,7 @@ def continuation_tree(
     return tokens, tuple(parents), origin
 
 
-def _copy(seq: list[int], source: int, k: int) -> list[int]:
+def _copy(seq: Sequence[int], source: int, k: int) -> list[int]:
     """k tokens of ``seq`` from ``source`` on, running into the copy itself past its end."""
     out: list[int] = []
     for i in range(source, source + k):

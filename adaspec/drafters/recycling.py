@@ -25,10 +25,9 @@ from adaspec.stats import StepOutcome
 
 def recycled_confidence(p: float) -> float:
     """The chance that a recycled successor the target once gave probability p is the
-    target's choice now: 0.08 + 0.25 p^4. The target's probability then says little of
-    now (another context): on 3,600 replayed positions a top candidate was right 5-17% of
-    the time for p from 0.1 to 0.9 and 31% above 0.9 (docs/methods.md). Taken as it is, p
-    had goodput verify drafts that lost on llama.cpp."""
+    target's choice now: 0.08 + 0.25 p^4, fitted on replayed answers (docs/methods.md).
+    The target's probability then says little of now (another context); taken as it is,
+    p had goodput verify drafts that lost on llama.cpp."""
     return 0.08 + 0.25 * p**4
 
 
