@@ -1,5 +1,6 @@
 """The decode loop: prefill, then (policy budget -> drafters -> policy trim -> target forward
--> verify -> commit)*, one code path for a chain and a token tree.
+-> verify -> commit)*, one code path for a chain and a token tree, and for one request or
+many in flight (their drafts scored in one target pass).
 
 ``Engine.stream()`` is the only implementation of the loop; ``generate()`` drains it, so the
 streaming and non-streaming paths cannot drift apart.
@@ -15,7 +16,7 @@ from typing import Any
 
 import torch
 
-from adaspec.backends.base import Backend
+from adaspec.backends.base import Backend, SlotRows, forward_slots, slot_of
 from adaspec.budget import Budget
 from adaspec.config import GenerationConfig
 from adaspec.draft import Draft
@@ -46,58 +47,66 @@ class GenerationResult:
 
 
 class Generation:
-    """One request in flight. Iterating runs the loop and yields each step's new token ids;
-    ``token_ids``, ``finish_reason`` and ``stats`` fill in as it goes."""
+    """One request in flight: its decoding state, its own policy and drafters (opened on
+    the engine's, sharing what they learn across requests) and its slot of the target.
+    Iterating runs it alone, a batch of one; a scheduler steps many through
+    ``Engine.step_all``. ``token_ids``, ``finish_reason`` and ``stats`` fill in as it goes."""
 
-    def __init__(self, engine: Engine, prompt: Sequence[int], config: GenerationConfig) -> None:
+    def __init__(
+        self, engine: Engine, prompt: Sequence[int], config: GenerationConfig, slot: int = 0
+    ) -> None:
         engine.check_request(prompt, config)
         self.engine = engine
         self.prompt = list(prompt)
         self.config = config
+        self.slot = slot
         self.token_ids: list[int] = []
         self.finish_reason = "length"
         self.stats = GenerationStats(prompt_tokens=len(self.prompt))
+        self.cached_tokens = 0  # leading prompt tokens the slot held already: not prefilled
+        self.done = False
+        self.state: DecodeState | None = None  # set by Engine.begin
+        self.policy: Policy | None = None
+        self.drafters: DrafterSet | None = None
+        self._started = 0.0
 
     def __iter__(self) -> Iterator[list[int]]:
-        clock = self.engine.clock
-        started = clock()
+        self.engine.begin(self)
         try:
-            yield from self._run()
+            while not self.done:
+                yield self.engine.step_all([self])[0]
         finally:
-            self.stats.wall_s = clock() - started
-
-    def _run(self) -> Iterator[list[int]]:
-        engine, config = self.engine, self.config
-        state = DecodeState(
-            list(self.prompt),
-            len(self.prompt),
-            config.sampling,
-            _rng(config.seed),
-            max_new_tokens=config.max_new_tokens,
-        )
-        started = engine.clock()
-        engine.start(state)
-        self.stats.prefill_s = engine.clock() - started
-        while state.generated < config.max_new_tokens:
-            new, outcome = engine.step(state, config)
-            self.stats.record(outcome)
-            self.token_ids.extend(new)
-            yield new
-            if config.stop_at_eos and new[-1] in engine.target.eos_token_ids:
-                self.finish_reason = "stop"
-                return
+            self.engine.end(self)
 
     def result(self) -> GenerationResult:
+        """The whole result: runs the loop to its end."""
         for _ in self:
             pass
+        return self.finished()
+
+    def finished(self) -> GenerationResult:
+        """The result of what has run so far (a cancelled request's partial answer)."""
         tokenizer = self.engine.target.tokenizer
         text = tokenizer.decode(self.token_ids) if tokenizer is not None else ""
         return GenerationResult(self.token_ids, text, self.finish_reason, self.stats)
 
 
+@dataclass
+class _Planned:
+    """One request's share of a step before the target pass: the draft to verify."""
+
+    draft: Draft  # what is verified (a prefix of what was proposed)
+    proposal: Draft  # what the drafters proposed
+    prescored: bool  # the prefill scored the first row: the pass runs only the draft
+    drafted_at: float
+    draft_s: float
+
+
 class Engine:
     """A target backend, a drafter (or a set of them the policy chooses among, as auto's
-    arms) and a policy; serves one request at a time.
+    arms) and a policy. Each request gets its own opened copies of the drafter and policy
+    and a slot of the target; ``step_all`` advances several requests by one step each,
+    their drafts scored in one target pass.
 
     ``clock`` times the steps that policies learn costs from: the wall clock, or a
     scripted one where a test or a replay decides what each forward costs."""
@@ -156,79 +165,167 @@ class Engine:
                 "shorten the prompt or lower --max-new-tokens"
             )
 
-    def start(self, state: DecodeState) -> None:
-        """Prefill the prompt, keeping the row that scores the first new token."""
-        self.target.reset()
-        state.next_logits = self.target.score_prompt(state.tokens)
-        self.drafters.start(state)
-        self.policy.start(state, self.drafters.shares)
+    def begin(self, gen: Generation, cached: int = 0) -> None:
+        """Prefill the prompt in the request's slot, keeping the row that scores the first
+        new token, and open the request's drafters and policy. ``cached``: leading prompt
+        tokens the slot's cache holds already (a multi-turn chat's history), not prefilled
+        again."""
+        gen._started = self.clock()
+        config, target = gen.config, slot_of(self.target, gen.slot)
+        state = DecodeState(
+            list(gen.prompt),
+            len(gen.prompt),
+            config.sampling,
+            _rng(config.seed),
+            max_new_tokens=config.max_new_tokens,
+            slot=gen.slot,
+        )
+        cached = min(cached, len(gen.prompt) - 1)  # the last token is fed: its row is needed
+        if cached > 0:
+            target.rollback(cached)
+        else:
+            target.reset()
+        state.next_logits = target.score_prompt(state.tokens[cached:])
+        gen.state, gen.cached_tokens = state, max(cached, 0)
+        gen.drafters = self.drafters.open(state)
+        gen.policy = self.policy.open(state, gen.drafters.shares)
+        gen.stats.prefill_s = self.clock() - gen._started
 
-    def step(self, state: DecodeState, config: GenerationConfig) -> tuple[list[int], StepOutcome]:
-        """One target pass: draft a tree (a chain is one), verify it, commit the accepted
-        path; returns the tokens it adds."""
-        room = config.max_new_tokens - state.generated - 1  # the step adds one token itself
-        budget = self.policy.budget(state).capped(room)
+    def end(self, gen: Generation) -> None:
+        """The request is over (finished or cancelled): its slot's cache keeps only its
+        committed text, and the policy keeps what the request taught it."""
+        gen.done = True
+        gen.stats.wall_s = self.clock() - gen._started
+        if gen.state is not None:
+            target = slot_of(self.target, gen.slot)
+            target.rollback(min(target.length, len(gen.state.tokens)))
+        if gen.policy is not None:
+            gen.policy.finish()
+            gen.policy = None
+
+    def step_all(self, gens: Sequence[Generation]) -> list[list[int]]:
+        """One step of every request: each drafts, one target pass scores every draft
+        (``Backend.forward_slots``), each verifies and commits its own. Returns each
+        request's new token ids; a request that ended is marked ``done``."""
+        plans = [self._plan(gen) for gen in gens]
+        started = self.clock()
+        rows = self._score(gens, plans)
+        scored_s = self.clock() - started
+        batch_rows = sum(_fed_rows(plan) for plan in plans)
+        return [
+            self._finish(gen, plan, logits, scored_s, batch_rows)
+            for gen, plan, logits in zip(gens, plans, rows, strict=True)
+        ]
+
+    def _plan(self, gen: Generation) -> _Planned:
+        """The request's budget, its drafters' proposal and what of it to verify."""
+        state, policy = _started(gen)
+        room = gen.config.max_new_tokens - state.generated - 1  # the step adds one itself
+        budget = policy.budget(state).capped(room)
         t0 = self.clock()
-        proposal = ask_drafters(self.drafters.arms, state, budget, self.policy)
-        draft = proposal.prefix(self._to_verify(proposal))
-        t1 = self.clock()
-        prescored = state.next_logits is not None
-        tree = draft.tree
-        logits = self._score(state, tree)  # [n + 1, vocab]: row 0 the root's, i + 1 node i's
+        proposal = ask_drafters(gen.drafters.arms, state, budget, policy)  # type: ignore[union-attr]
+        draft = proposal.prefix(self._to_verify(policy, proposal))
+        return _Planned(draft, proposal, state.next_logits is not None, t0, self.clock() - t0)
+
+    def _to_verify(self, policy: Policy, proposal: Draft) -> int:
+        """How many drafted nodes to verify. Lossless sampling needs the choice to verify
+        a node to depend only on what was known before it was drawn (docs/design.md, rule
+        1): a sampled draft was shaped as it was drawn and is verified whole; the policy may
+        look ahead only over a draft that is a function of the committed text (a lookup's, a
+        recycled tree, any greedy one), whose tokens hold no chance."""
+        return len(proposal.tokens) if proposal.sampled else policy.trim(proposal)
+
+    def _score(self, gens: Sequence[Generation], plans: Sequence[_Planned]) -> list[torch.Tensor]:
+        """Target rows for each request's last committed token and nodes: [n + 1, vocab].
+        A request's first step takes the last token's row from the prefill and runs only
+        its draft (nothing, when there is none)."""
+        fed: list[SlotRows] = []
+        for gen, plan in zip(gens, plans, strict=True):
+            tree = plan.draft.tree
+            if not plan.prescored:
+                rooted = tree.rooted(gen.state.tokens[-1])  # type: ignore[union-attr]
+                fed.append((gen.slot, rooted.tokens, rooted.parents))
+            elif tree:
+                fed.append((gen.slot, tree.tokens, tree.parents))
+        scored = iter(forward_slots(self.target, fed) if fed else [])
+        rows = []
+        for gen, plan in zip(gens, plans, strict=True):
+            state = gen.state
+            first, state.next_logits = state.next_logits, None  # type: ignore[union-attr]
+            if first is None:
+                rows.append(next(scored))
+            elif plan.draft.tree:
+                rows.append(torch.cat([first[None], next(scored)]))
+            else:
+                rows.append(first[None])
+        return rows
+
+    def _finish(
+        self,
+        gen: Generation,
+        plan: _Planned,
+        logits: torch.Tensor,  # [n + 1, vocab]: row 0 the root's, i + 1 node i's
+        scored_s: float,
+        batch_rows: int,
+    ) -> list[int]:
+        """Verify the request's draft, commit the accepted path, learn from the step."""
+        state, policy = _started(gen)
+        started, draft, tree = self.clock(), plan.draft, plan.draft.tree
         verdict = verify_tree(logits, tree, draft.probs, state.sampling, state.generator)
-        self._commit(prescored, bool(tree), verdict.path)
-        t2 = self.clock()
-        new = _cut_after_eos(verdict.tokens, self.target.eos_token_ids, config.stop_at_eos)
+        self._commit(gen.slot, plan.prescored, bool(tree), verdict.path)
+        new = _cut_after_eos(verdict.tokens, self.target.eos_token_ids, gen.config.stop_at_eos)
         rows = _rows_seen(
-            logits, state.tokens, tree, max(self.drafters.row_top_k, self.record_rows)
+            logits,
+            state.tokens,
+            tree,
+            max(gen.drafters.row_top_k, self.record_rows),  # type: ignore[union-attr]
         )
         state.tokens.extend(new)
         outcome = StepOutcome(
             drafted=len(tree),
             accepted=len(verdict.path),
             emitted=len(new),
-            draft_s=t1 - t0,
-            verify_s=t2 - t1,
-            drafter=proposal.source,
-            proposed=len(proposal.tokens),
+            draft_s=plan.draft_s,
+            verify_s=scored_s + self.clock() - started,
+            drafter=plan.proposal.source,
+            proposed=len(plan.proposal.tokens),
             confidences=tuple(draft.confidences),
-            prescored=prescored,
+            prescored=plan.prescored,
             target_top=_target_top(logits, rows, verdict.path[-1] + 1 if verdict.path else 0),
             parents=None if draft.parents is None else tuple(draft.parents),
             path=tuple(verdict.path),
             rows=rows,
+            batch_rows=batch_rows,
         )
-        self.policy.observe(outcome)
-        self.drafters.observe(outcome)
-        return new, outcome
+        policy.observe(outcome)
+        gen.drafters.observe(outcome)  # type: ignore[union-attr]
+        gen.stats.record(outcome)
+        gen.token_ids.extend(new)
+        if gen.config.stop_at_eos and new[-1] in self.target.eos_token_ids:
+            gen.finish_reason, gen.done = "stop", True
+        elif state.generated >= gen.config.max_new_tokens:
+            gen.done = True
+        return new
 
-    def _to_verify(self, proposal: Draft) -> int:
-        """How many drafted nodes to verify. Lossless sampling needs the choice to verify
-        a node to depend only on what was known before it was drawn (docs/methods.md): a
-        sampled draft was shaped as it was drawn and is verified whole; the policy may look
-        ahead only over a draft that is a function of the committed text (a lookup's, a
-        recycled tree, any greedy one), whose tokens hold no chance."""
-        return len(proposal.tokens) if proposal.sampled else self.policy.trim(proposal)
-
-    def _score(self, state: DecodeState, tree: TokenTree) -> torch.Tensor:
-        """Target rows for the last committed token and each node: [n + 1, vocab]. The first
-        step takes the last token's row from the prefill and runs only the draft (nothing,
-        when there is none)."""
-        first, state.next_logits = state.next_logits, None
-        if first is None:
-            fed = tree.rooted(state.tokens[-1])
-            return self.target.forward(fed.tokens, fed.parents)
-        if not tree:
-            return first[None]
-        return torch.cat([first[None], self.target.forward(tree.tokens, tree.parents)])
-
-    def _commit(self, prescored: bool, drafted: bool, path: list[int]) -> None:
-        """Keep the accepted nodes in the target's cache (and the fed root, when it was
+    def _commit(self, slot: int, prescored: bool, drafted: bool, path: list[int]) -> None:
+        """Keep the accepted nodes in the slot's cache (and the fed root, when it was
         fed: the cache holds every committed token but the last)."""
+        target = slot_of(self.target, slot)
         if not prescored:
-            self.target.commit([0, *(node + 1 for node in path)])
+            target.commit([0, *(node + 1 for node in path)])
         elif drafted:
-            self.target.commit(path)
+            target.commit(path)
+
+
+def _started(gen: Generation) -> tuple[DecodeState, Policy]:
+    if gen.state is None or gen.policy is None:
+        raise RuntimeError("Engine.begin(generation) must run before its steps")
+    return gen.state, gen.policy
+
+
+def _fed_rows(plan: _Planned) -> int:
+    """Rows this request adds to the step's target pass."""
+    return len(plan.draft.tokens) + (0 if plan.prescored else 1)
 
 
 def ask_drafters(
@@ -237,7 +334,8 @@ def ask_drafters(
     """The drafters the budget names, asked in order, each under its own budget; one whose
     promise is below what the draft in hand is worth (a plain step's, before any) is not
     asked, and the draft the policy values most is kept. A sampled draft is taken as it
-    comes: choosing it by its own tokens' worth would bias the output (DESIGN.md rule 1)."""
+    comes: choosing it by its own tokens' worth would bias the output (docs/design.md,
+    rule 1)."""
     best, in_hand = Draft(), budget.plain
     for name in budget.ask:
         arm = budget.for_drafter(name)

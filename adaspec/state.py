@@ -26,6 +26,7 @@ class DecodeState:
     next_logits: torch.Tensor | None = None  # [vocab] the prefill's row, until the first step
     # The request's limit: the tokens a drafter's set-up can pay off over.
     max_new_tokens: int | None = None
+    slot: int = 0  # the backends' cache this request runs in (one per request in flight)
 
     @property
     def generated(self) -> int:

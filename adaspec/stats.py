@@ -51,6 +51,9 @@ class StepOutcome:
     parents: tuple[int, ...] | None = None  # [drafted] the verified tree (None: a chain)
     path: tuple[int, ...] = ()  # accepted nodes, from the first level down
     rows: RowsSeen | None = None  # what the verify pass saw, for drafters that learn from it
+    # Rows of the whole target pass this step shared with other requests' (its own
+    # ``positions`` when it ran alone): its verify time is the whole pass's.
+    batch_rows: int | None = None
 
     @property
     def positions(self) -> int:

@@ -82,6 +82,9 @@ class StopAfter:
     def __getattr__(self, name: str):
         return getattr(self.inner, name)
 
+    def open(self, state, arms):
+        return StopAfter(self.inner.open(state, arms), self.n)
+
     def budget(self, state):
         floors = (0.0,) * self.n + (1.1,)  # no path is accepted with probability 1.1
         return replace(self.inner.budget(state), min_path=floors)

@@ -85,6 +85,21 @@ class Backend(Protocol):
         and its ancestors only; ``commit`` then keeps one root path."""
         ...
 
+    @property
+    def slots(self) -> int:
+        """How many KV caches it holds: requests it can serve at once."""
+        ...
+
+    def slot(self, index: int) -> Backend:
+        """The same model on cache ``index``: a full Backend whose cache is that slot's
+        (the object itself is slot 0); the same object each time it is asked for."""
+        ...
+
+    def forward_slots(self, rows: Sequence[SlotRows]) -> list[torch.Tensor]:
+        """``forward`` on several slots at once, in one pass where the backend can score
+        them so exactly as one slot at a time: [k_i, vocab] per entry, in order."""
+        ...
+
     def commit(self, path: Sequence[int]) -> None:
         """After a forward: keep the cached text and the nodes of ``path`` (node indices of
         a root path, from the first level down) at consecutive positions; drop the rest."""
@@ -101,6 +116,8 @@ class Backend(Protocol):
 
 
 BACKENDS: Registry[Backend] = Registry("backend")
+# One slot's share of a batched forward: (slot, tokens, parents), as ``forward`` takes them.
+SlotRows = tuple[int, Sequence[int], Sequence[int] | None]
 
 
 def check_same_vocabulary(target: Backend, draft: Backend) -> None:
@@ -114,3 +131,17 @@ def check_same_vocabulary(target: Backend, draft: Backend) -> None:
             f"draft model {draft.label!r} has a different vocabulary from target "
             f"{target.label!r}; use a draft from the same model family, or --drafter ngram"
         )
+
+
+def slot_of(backend: Backend, index: int) -> Backend:
+    """A backend's view on cache ``index``: slot 0 is the backend itself, so anything with
+    one cache (a test's table, a replay) serves one request at a time as it is."""
+    return backend if index == 0 else backend.slot(index)
+
+
+def forward_slots(backend: Backend, rows: Sequence[SlotRows]) -> list[torch.Tensor]:
+    """One target pass over every slot's rows; a batch of one is that slot's forward."""
+    if len(rows) == 1:
+        slot, tokens, parents = rows[0]
+        return [slot_of(backend, slot).forward(tokens, parents)]
+    return backend.forward_slots(rows)

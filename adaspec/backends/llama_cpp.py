@@ -8,6 +8,7 @@ backend), and a rollback is one ``llama_memory_seq_rm`` of the rejected position
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import os
 import warnings
@@ -19,13 +20,12 @@ import numpy as np
 import torch
 from transformers.utils.chat_template_utils import render_jinja_template
 
-from adaspec.backends.base import BACKENDS
+from adaspec.backends.base import BACKENDS, SlotRows
 from adaspec.backends.context import context_size
 from adaspec.errors import ModelError
 from adaspec.models import check_gguf_file
 from adaspec.tree import TokenTree, common_prefix, is_chain
 
-SEQ = 0  # the single sequence this backend uses
 # Largest batch that ggml's CPU kernels score bit-identically to one-token decoding (a build
 # without llamafile, weights not repacked); from 8 tokens on a different kernel rounds
 # differently. Verification forwards are split into batches of at most this size, which
@@ -124,9 +124,32 @@ class LlamaTokenizer:
         return self._words
 
 
+class _ContextHandle:
+    """Owns the llama.cpp context and the reused batch: every slot's view holds it, and
+    the last one gone frees them."""
+
+    def __init__(self, model: _ModelHandle, params, n_batch: int, path: Path) -> None:
+        self.ctx = lc.llama_init_from_model(model.ptr, params)
+        if not self.ctx:
+            raise ModelError(
+                f"llama.cpp could not create a {params.n_ctx}-token context for {path}"
+            )
+        self.batch = lc.llama_batch_init(n_batch, 0, 1)
+        self.memory = lc.llama_get_memory(self.ctx)
+
+    def __del__(self) -> None:
+        if getattr(self, "batch", None) is not None:
+            lc.llama_batch_free(self.batch)
+        if getattr(self, "ctx", None):
+            lc.llama_free(self.ctx)  # the model handle is released after, by refcount
+
+
 @BACKENDS.register("llama.cpp")
 class LlamaCppBackend:
-    """A GGUF model in llama.cpp with one KV-cache sequence."""
+    """A GGUF model in llama.cpp: one context, one KV-cache sequence per slot, each in a
+    KV stream of its own (``kv_unified`` off), so a slot's rows never share cache cells
+    with another slot's: scored together they round as they would alone. This object is
+    slot 0; ``slot(i)`` is the same model and context on sequence i."""
 
     name = "llama.cpp"
 
@@ -136,6 +159,7 @@ class LlamaCppBackend:
         context: int | None = None,
         threads: int | None = None,
         n_batch: int = 512,
+        slots: int = 1,
     ) -> None:
         check_gguf_file(path)
         lc.llama_log_set(_quiet, ctypes.c_void_p())
@@ -150,22 +174,45 @@ class LlamaCppBackend:
                 stacklevel=2,
             )
         self._model = _ModelHandle(path)
-        n_ctx = context_size(context, self._model.n_ctx_train, self._model.kv_bytes_per_token)
-        self._ctx = lc.llama_init_from_model(self._model.ptr, self._context_params(n_ctx, n_batch))
-        if not self._ctx:
-            raise ModelError(f"llama.cpp could not create a {n_ctx}-token context for {path}")
+        per_slot = context_size(
+            context, self._model.n_ctx_train, self._model.kv_bytes_per_token * slots
+        )
+        params = self._context_params(per_slot * slots, n_batch, slots)
+        self._handle = _ContextHandle(self._model, params, n_batch, path)
+        self._ctx, self._batch = self._handle.ctx, self._handle.batch
+        self._memory = self._handle.memory
+        self._slots = slots
         self._n_vocab = self._model.n_vocab
         vocab = self._model.vocab
         self._eos = frozenset(i for i in range(self._n_vocab) if lc.llama_vocab_is_eog(vocab, i))
         self.tokenizer = LlamaTokenizer(self._model)
         self._n_batch = n_batch
-        self._batch = lc.llama_batch_init(n_batch, 0, 1)
-        self._memory = lc.llama_get_memory(self._ctx)
+        self._views: dict[int, LlamaCppBackend] = {0: self}
+        self._open_sequence(0)
+
+    def _open_sequence(self, seq: int) -> None:
+        """This object's own fields: what one slot's sequence holds."""
+        self._seq = seq
         self._length = 0
         self._embeddings = False
         self._tree_start = 0  # cached positions before the last forward's nodes
         self._tree: TokenTree | None = None  # the last forward's tree (None: a chain)
         self._held: list[int] = []  # its nodes the cache holds after the last path scored
+
+    @property
+    def slots(self) -> int:
+        return self._slots
+
+    def slot(self, index: int) -> LlamaCppBackend:
+        """The view on sequence ``index`` (made on first use, then the same object)."""
+        view = self._views.get(index)
+        if view is None:
+            if not 0 <= index < self._slots:
+                raise ModelError(f"slot {index} does not exist: this context has {self._slots}")
+            view = copy.copy(self)  # shares the model, context, batch and views
+            view._open_sequence(index)
+            self._views[index] = view
+        return view
 
     @classmethod
     def load(
@@ -180,9 +227,11 @@ class LlamaCppBackend:
         ``drafting`` changes nothing here: llama.cpp's layout suits one row and many."""
         return cls(Path(path), **options)
 
-    def _context_params(self, n_ctx: int, n_batch: int):
+    def _context_params(self, n_ctx: int, n_batch: int, slots: int):
         params = lc.llama_context_default_params()
         params.n_ctx = n_ctx
+        params.n_seq_max = slots
+        params.kv_unified = False  # a KV stream per sequence: see the class docstring
         params.n_batch = params.n_ubatch = n_batch
         params.n_threads = params.n_threads_batch = self.threads
         # No flash attention: on an Intel Xeon (Sapphire Rapids) ggml's CPU flash attention
@@ -203,7 +252,8 @@ class LlamaCppBackend:
 
     @property
     def context_length(self) -> int:
-        return lc.llama_n_ctx(self._ctx)
+        """Per slot: the context is shared out evenly among the sequences."""
+        return lc.llama_n_ctx(self._ctx) // self._slots
 
     @property
     def eos_token_ids(self) -> frozenset[int]:
@@ -214,7 +264,7 @@ class LlamaCppBackend:
         return self._length
 
     def reset(self) -> None:
-        lc.llama_memory_clear(self._memory, True)
+        lc.llama_memory_seq_rm(self._memory, self._seq, 0, -1)
         self._length = 0
 
     def prefill(self, tokens: Sequence[int]) -> None:
@@ -240,6 +290,51 @@ class LlamaCppBackend:
             self._decode(tokens)
             return torch.from_numpy(self._logits(len(tokens)))
         return torch.from_numpy(self._score_in_pieces(tokens, hidden=False)[0])
+
+    def forward_slots(self, rows: Sequence[SlotRows]) -> list[torch.Tensor]:
+        """Each slot's rows [k, vocab], as ``forward`` on its view returns them. Several
+        slots' chains share llama_decodes of at most EXACT_BATCH tokens in all (llama.cpp
+        splits one into as few passes as its KV streams allow); a tree is scored on its
+        own slot, path by path."""
+        if len(rows) == 1:
+            slot, tokens, parents = rows[0]
+            return [self.slot(slot).forward(tokens, parents)]
+        out: list[torch.Tensor] = []
+        pending: list[tuple[LlamaCppBackend, int, int, np.ndarray]] = []  # view, i, token, rows
+        for slot, tokens, parents in rows:
+            view = self.slot(slot)
+            if parents is not None and not is_chain(parents):
+                out.append(view.forward(tokens, parents))
+                continue
+            view._tree_start, view._tree = view._length, None
+            logits = np.empty((len(tokens), self._n_vocab), dtype=np.float32)  # [k, vocab]
+            pending += [(view, i, token, logits) for i, token in enumerate(tokens)]
+            out.append(torch.from_numpy(logits))
+        for start in range(0, len(pending), EXACT_BATCH):
+            self._decode_mixed(pending[start : start + EXACT_BATCH])
+        return out
+
+    def _decode_mixed(self, piece: Sequence[tuple[LlamaCppBackend, int, int, np.ndarray]]) -> None:
+        """One llama_decode of chain tokens from several sequences, each scored; token i of
+        a view's chain goes at the view's chain start + i."""
+        batch = self._batch
+        batch.n_tokens = len(piece)
+        for j, (view, i, token, _) in enumerate(piece):
+            batch.token[j] = token
+            batch.pos[j] = view._tree_start + i
+            batch.n_seq_id[j] = 1
+            batch.seq_id[j][0] = view._seq
+            batch.logits[j] = True
+        status = lc.llama_decode(self._ctx, batch)
+        if status != 0:
+            raise ModelError(
+                f"llama_decode failed (status {status}) on {len(piece)} tokens of several "
+                "slots: the context is full or out of memory; lower --max-new-tokens"
+            )
+        for j, (view, i, _, logits) in enumerate(piece):
+            row = lc.llama_get_logits_ith(self._ctx, j)
+            logits[i] = np.ctypeslib.as_array(row, (self._n_vocab,))
+            view._length = view._tree_start + i + 1
 
     def _forward_tree(self, tree: TokenTree) -> np.ndarray:
         """Each root path decoded in this one sequence, depth first: a path's nodes after
@@ -305,7 +400,7 @@ class LlamaCppBackend:
 
     def rollback(self, length: int) -> None:
         if length < self._length:
-            lc.llama_memory_seq_rm(self._memory, SEQ, length, -1)
+            lc.llama_memory_seq_rm(self._memory, self._seq, length, -1)
             self._length = length
 
     def _decode(self, tokens: Sequence[int], scored_from: int = 0) -> None:
@@ -316,7 +411,7 @@ class LlamaCppBackend:
             batch.token[i] = token
             batch.pos[i] = self._length + i
             batch.n_seq_id[i] = 1
-            batch.seq_id[i][0] = SEQ
+            batch.seq_id[i][0] = self._seq
             batch.logits[i] = i >= scored_from
         status = lc.llama_decode(self._ctx, batch)
         if status != 0:
@@ -325,12 +420,6 @@ class LlamaCppBackend:
                 "the context is full or out of memory; lower --max-new-tokens"
             )
         self._length += len(tokens)
-
-    def __del__(self) -> None:
-        if getattr(self, "_batch", None) is not None:
-            lc.llama_batch_free(self._batch)
-        if getattr(self, "_ctx", None):
-            lc.llama_free(self._ctx)  # the model handle is released after, by refcount
 
 
 def _model_params():

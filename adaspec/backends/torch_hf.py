@@ -7,6 +7,7 @@ fast ``from_pretrained``.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ from safetensors.torch import save_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
-from adaspec.backends.base import BACKENDS
+from adaspec.backends.base import BACKENDS, SlotRows
 from adaspec.backends.context import context_size
 from adaspec.backends.layout_timing import place_weights
 from adaspec.errors import ModelError
@@ -57,23 +58,50 @@ class HFTokenizer:
 
 @BACKENDS.register("torch")
 class TorchBackend:
-    """One causal LM with a DynamicCache that grows by ``forward`` and shrinks by ``rollback``."""
+    """One causal LM with a DynamicCache per slot that grows by ``forward`` and shrinks by
+    ``rollback``. This object is slot 0; ``slot(i)`` is the same model on cache i. Slots'
+    rows are scored one slot at a time (docs/serving.md): each then rounds exactly as it
+    would alone."""
 
     name = "torch"
 
     def __init__(
-        self, model: PreTrainedModel, tokenizer: HFTokenizer | None = None, label: str = "model"
+        self,
+        model: PreTrainedModel,
+        tokenizer: HFTokenizer | None = None,
+        label: str = "model",
+        slots: int = 1,
     ) -> None:
         self.model = model.eval()
         self.max_context: int | None = None  # --context, below the model's own
-        self._tree_start = 0  # cached positions before the last forward's nodes
-        self._tree: TokenTree | None = None  # the last forward's tree (None: a chain)
         self.tokenizer = tokenizer
         self.label = label
+        self.slots = slots
         self.device = next(model.parameters()).device
         # Counted before any packing: a packed layer's weight is no longer a parameter.
         self.weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-        self._cache = DynamicCache(config=model.config)
+        self._views: dict[int, TorchBackend] = {0: self}
+        self._open_cache()
+
+    def _open_cache(self) -> None:
+        """This object's own fields: what one slot holds."""
+        self._cache = DynamicCache(config=self.model.config)
+        self._tree_start = 0  # cached positions before the last forward's nodes
+        self._tree: TokenTree | None = None  # the last forward's tree (None: a chain)
+
+    def slot(self, index: int) -> TorchBackend:
+        """The view on cache ``index`` (made on first use, then the same object)."""
+        view = self._views.get(index)
+        if view is None:
+            if not 0 <= index < self.slots:
+                raise ModelError(f"slot {index} does not exist: this backend has {self.slots}")
+            view = copy.copy(self)  # shares the model and the views
+            view._open_cache()
+            self._views[index] = view
+        return view
+
+    def forward_slots(self, rows: Sequence[SlotRows]) -> list[torch.Tensor]:
+        return [self.slot(slot).forward(tokens, parents) for slot, tokens, parents in rows]
 
     @classmethod
     def load(
@@ -84,6 +112,7 @@ class TorchBackend:
         threads: int | None = None,
         drafting: bool = False,
         context: int | None = None,
+        slots: int = 1,
     ) -> TorchBackend:
         """A backend for a model folder or a ``.gguf`` file (converted once, then cached).
         On a CPU in fp32 its linear layers take the weight layout this machine runs fastest
@@ -100,7 +129,8 @@ class TorchBackend:
         torch_dtype = _dtype(dtype, device, drafting)
         folder = hf_folder(path)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype).to(device)
-        backend = cls(model, HFTokenizer(AutoTokenizer.from_pretrained(folder)), label=str(path))
+        tokenizer = HFTokenizer(AutoTokenizer.from_pretrained(folder))
+        backend = cls(model, tokenizer, label=str(path), slots=slots)
         place_weights(backend, drafting)  # fp32 on CPU only: verifying k rows costs ~one
         _detach_from_file(model)
         if context is not None:  # the cache grows as it goes: nothing to reserve
@@ -133,7 +163,7 @@ class TorchBackend:
         return self._cache.get_seq_length()
 
     def reset(self) -> None:
-        self._cache = DynamicCache(config=self.model.config)
+        self._open_cache()
 
     @torch.inference_mode()
     def prefill(self, tokens: Sequence[int]) -> None:

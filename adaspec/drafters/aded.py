@@ -18,7 +18,7 @@ from typing import ClassVar
 from adaspec.backends.base import Backend
 from adaspec.budget import Budget
 from adaspec.draft import Draft
-from adaspec.drafters.base import DRAFTERS
+from adaspec.drafters.base import DRAFTERS, OpenByCopy
 from adaspec.drafters.growth import grow
 from adaspec.state import DecodeState
 from adaspec.stats import StepOutcome
@@ -30,8 +30,15 @@ Key = tuple[int, ...]  # (a, b): a tri-gram's context; (b,): a bigram's
 CONTEXT_TRUST = {2: 0.7, 1: 0.35}
 
 
+class _Fading:
+    """How much a weight added now counts: it grows each step instead of every weight
+    decaying."""
+
+    scale = 1.0
+
+
 @DRAFTERS.register("aded")
-class AdedDrafter:
+class AdedDrafter(OpenByCopy):
     needs_draft_model: ClassVar[bool] = False
     uses_draft_model: ClassVar[bool] = False
     row_top_k: ClassVar[int] = 4
@@ -43,13 +50,14 @@ class AdedDrafter:
         self.weights: dict[Key, dict[int, float]] = defaultdict(dict)  # context -> next -> w
         self.tries: dict[tuple[Key, int], list[float]] = {}  # (context, next) -> [tried, kept]
         self._drafted: list[tuple[Key, int]] = []  # the last draft's nodes, by node index
-        self._scale = 1.0  # weights added now count this much (grows instead of decaying all)
+        self._fading = _Fading()  # shared, like the tables, by every request's copy
 
     @classmethod
     def create(cls, target: Backend, draft: Backend | None) -> AdedDrafter:
         return cls()
 
     def start(self, state: DecodeState) -> None:
+        self._drafted = []
         tokens = state.tokens
         for i in range(1, len(tokens)):  # the prompt's own tri-grams
             self._count(tokens[i - 2] if i > 1 else tokens[i - 1], tokens[i - 1], tokens[i], 1.0)
@@ -86,7 +94,7 @@ class AdedDrafter:
         return scored[: self.width]
 
     def observe(self, outcome: StepOutcome) -> None:
-        self._scale /= self.decay
+        self._fading.scale /= self.decay
         if outcome.drafter == "aded" and self._drafted:
             for node, kept in outcome.judged():
                 counts = self.tries.setdefault(self._drafted[node], [0.0, 0.0])
@@ -99,19 +107,19 @@ class AdedDrafter:
             ):
                 for x, p in zip(ids[: self.width], probs[: self.width], strict=True):
                     self._count(before, fed, x, p)
-        if self._scale > 1e6:  # renormalise before the numbers grow unwieldy
+        if self._fading.scale > 1e6:  # renormalise before the numbers grow unwieldy
             self._rescale()
 
     def _count(self, a: int, b: int, x: int, weight: float) -> None:
         for key in ((a, b), (b,)):
             table = self.weights[key]
-            table[x] = table.get(x, 0.0) + weight * self._scale
+            table[x] = table.get(x, 0.0) + weight * self._fading.scale
 
     def _rescale(self) -> None:
         for table in self.weights.values():
             for x in table:
-                table[x] /= self._scale
-        self._scale = 1.0
+                table[x] /= self._fading.scale
+        self._fading.scale = 1.0
 
     def _key(self, a: int, b: int) -> Key:
         """The tri-gram's context where it has been seen, else the bigram's."""

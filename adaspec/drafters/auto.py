@@ -16,6 +16,7 @@ from adaspec.backends.base import Backend
 from adaspec.drafters.base import DRAFTERS, Drafter, DrafterSet
 from adaspec.drafters.model import ModelDrafter
 from adaspec.drafters.model_tree import ModelTreeDrafter
+from adaspec.state import DecodeState
 
 # The model-free arms, cheapest to propose first: each is asked (it costs next to nothing)
 # and the policy values what it proposes.
@@ -40,3 +41,14 @@ class AutoDrafter(DrafterSet):
                 target.weight_bytes, 1
             )
         return cls(arms, shares)
+
+    def open(self, state: DecodeState) -> DrafterSet:
+        """Every arm opened; the tree arm on the chain arm's cache, as when created."""
+        arms: dict[str, Drafter] = {}
+        for name, arm in self.arms.items():
+            chain = arms.get("model")
+            if isinstance(arm, ModelTreeDrafter) and isinstance(chain, ModelDrafter):
+                arms[name] = arm.open(state, chain)
+            else:
+                arms[name] = arm.open(state)
+        return self._with(arms)

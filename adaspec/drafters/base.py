@@ -6,8 +6,9 @@ the outcome, but the draft length is not its business: it fills the Budget a Pol
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import ClassVar, Protocol, Self, runtime_checkable
 
 from adaspec.backends.base import Backend
 from adaspec.budget import Budget
@@ -29,8 +30,15 @@ class Drafter(Protocol):
         """Build for this target; raise a ModelError if the pair cannot work."""
         ...
 
+    def open(self, state: DecodeState) -> Drafter:
+        """This drafter for one request, started: its own per-request state (a draft
+        model's cache slot, the last draft's nodes), sharing by reference what it learns
+        across requests (Token Recycling's and ADED's tables, the draft model's weights)."""
+        ...
+
     def start(self, state: DecodeState) -> None:
-        """A new request begins (the prompt is ``state.tokens``)."""
+        """A new request begins on this object (the prompt is ``state.tokens``); rebinds,
+        never clears in place, what belongs to one request: ``open`` relies on it."""
         ...
 
     def propose(self, state: DecodeState, budget: Budget) -> Draft:
@@ -41,6 +49,16 @@ class Drafter(Protocol):
         ...
 
     def observe(self, outcome: StepOutcome) -> None: ...
+
+
+class OpenByCopy:
+    """``open`` for a drafter whose per-request fields ``start`` rebinds: a shallow copy
+    shares everything else, which is what it learns across requests."""
+
+    def open(self, state: DecodeState) -> Self:
+        request = copy.copy(self)
+        request.start(state)  # type: ignore[attr-defined]
+        return request
 
 
 class DrafterSet:
@@ -57,6 +75,15 @@ class DrafterSet:
     @classmethod
     def of(cls, drafter: Drafter | DrafterSet) -> DrafterSet:
         return drafter if isinstance(drafter, DrafterSet) else cls({drafter.name: drafter})
+
+    def open(self, state: DecodeState) -> DrafterSet:
+        """The set for one request: every arm opened."""
+        return self._with({name: arm.open(state) for name, arm in self.arms.items()})
+
+    def _with(self, arms: Mapping[str, Drafter]) -> DrafterSet:
+        request = copy.copy(self)
+        request.arms = dict(arms)
+        return request
 
     def start(self, state: DecodeState) -> None:
         for drafter in self.arms.values():

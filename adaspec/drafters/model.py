@@ -8,12 +8,13 @@ one pass, which also yields the distribution of the first draft token.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
 
-from adaspec.backends.base import Backend, check_same_vocabulary
+from adaspec.backends.base import Backend, check_same_vocabulary, slot_of
 from adaspec.budget import Budget
 from adaspec.draft import Draft
 from adaspec.drafters.base import DRAFTERS
@@ -54,11 +55,19 @@ class ModelDrafter:
         path = head_path(draft.label)
         return cls(draft, target.vocab_size, AcceptanceHead.load(path) if path.exists() else None)
 
+    def open(self, state: DecodeState) -> ModelDrafter:
+        """A copy on the draft model's cache for the request's slot."""
+        request = copy.copy(self)
+        request.backend = slot_of(self.backend, state.slot)
+        request.start(state)
+        return request
+
     def start(self, state: DecodeState) -> None:
         """The prompt is fed on the first proposal: a drafter the policy never asks
         costs nothing."""
         self.backend.reset()
         self._fed = []
+        self._head_p = None
 
     def propose(self, state: DecodeState, budget: Budget) -> Draft:
         if budget.depth_limit == 0:

@@ -16,6 +16,7 @@ row. A sampled tree is therefore shaped while it is drafted and verified whole
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -73,6 +74,13 @@ class ModelTreeDrafter:
             raise ModelError("drafter 'model-tree' needs a draft model: pass --draft NAME_OR_PATH")
         check_same_vocabulary(target, draft)
         return cls(ModelDrafter(draft, target.vocab_size))
+
+    def open(self, state: DecodeState, model: ModelDrafter | None = None) -> ModelTreeDrafter:
+        """A copy on the request's draft cache: ``model``, where a chain drafter of the same
+        request already holds it (auto's two model arms share one cache)."""
+        request = copy.copy(self)
+        request.model = model if model is not None else self.model.open(state)
+        return request
 
     def start(self, state: DecodeState) -> None:
         self.model.start(state)

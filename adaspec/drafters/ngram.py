@@ -14,7 +14,7 @@ import numpy as np
 from adaspec.backends.base import Backend
 from adaspec.budget import Budget
 from adaspec.draft import Draft
-from adaspec.drafters.base import DRAFTERS
+from adaspec.drafters.base import DRAFTERS, OpenByCopy
 from adaspec.state import DecodeState
 from adaspec.stats import StepOutcome
 from adaspec.tree import ROOT, TokenTree
@@ -110,7 +110,7 @@ def copy_confidences(n: int, k: int) -> list[float]:
 
 
 @DRAFTERS.register("ngram")
-class NgramDrafter:
+class NgramDrafter(OpenByCopy):
     needs_draft_model: ClassVar[bool] = False
     uses_draft_model: ClassVar[bool] = False
     row_top_k: ClassVar[int] = 0

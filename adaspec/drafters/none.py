@@ -8,13 +8,13 @@ from typing import ClassVar
 from adaspec.backends.base import Backend
 from adaspec.budget import Budget
 from adaspec.draft import Draft
-from adaspec.drafters.base import DRAFTERS
+from adaspec.drafters.base import DRAFTERS, OpenByCopy
 from adaspec.state import DecodeState
 from adaspec.stats import StepOutcome
 
 
 @DRAFTERS.register("none")
-class NoDrafter:
+class NoDrafter(OpenByCopy):
     needs_draft_model: ClassVar[bool] = False
     uses_draft_model: ClassVar[bool] = False
     row_top_k: ClassVar[int] = 0

@@ -17,7 +17,7 @@ import numpy as np
 from adaspec.backends.base import Backend
 from adaspec.budget import Budget
 from adaspec.draft import Draft
-from adaspec.drafters.base import DRAFTERS
+from adaspec.drafters.base import DRAFTERS, OpenByCopy
 from adaspec.drafters.growth import grow
 from adaspec.state import DecodeState
 from adaspec.stats import StepOutcome
@@ -32,7 +32,7 @@ def recycled_confidence(p: float) -> float:
 
 
 @DRAFTERS.register("recycling")
-class RecyclingDrafter:
+class RecyclingDrafter(OpenByCopy):
     needs_draft_model: ClassVar[bool] = False
     uses_draft_model: ClassVar[bool] = False
     row_top_k: ClassVar[int] = 8

@@ -7,6 +7,7 @@ drafters a Budget, each drafter asked fills at most that much, and all see the o
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import ClassVar, Protocol, runtime_checkable
@@ -30,9 +31,21 @@ class Policy(Protocol):
         """Build for this target; k is the policy's draft-length knob (None: its default)."""
         ...
 
+    def open(self, state: DecodeState, arms: Mapping[str, float]) -> Policy:
+        """This policy for one request, started: its own per-request state, sharing by
+        reference what is learned across requests (cost curves, acceptance priors), so
+        many requests can be in flight through one policy."""
+        ...
+
     def start(self, state: DecodeState, arms: Mapping[str, float]) -> None:
-        """Forget the previous request. ``arms``: the drafters to choose among, cheapest
-        first, each with its drafted token's guessed cost as a share of a target step."""
+        """Begin a request on this object. ``arms``: the drafters to choose among,
+        cheapest first, each with its drafted token's guessed cost as a share of a target
+        step. Rebinds (never clears in place) what belongs to one request: ``open`` relies
+        on it."""
+        ...
+
+    def finish(self) -> None:
+        """The request ended: keep what it taught for later requests."""
         ...
 
     @classmethod
@@ -75,8 +88,16 @@ class PolicyDefaults:
     def may_ask_draft_model(cls, target: Backend, share: float) -> bool:
         return True
 
+    def open(self, state: DecodeState, arms: Mapping[str, float]) -> Policy:
+        request = copy.copy(self)  # shares the learned estimators; start() rebinds the rest
+        request.start(state, arms)
+        return request  # type: ignore[return-value]
+
     def start(self, state: DecodeState, arms: Mapping[str, float]) -> None:
         self.choice = ArmChoice(tuple(arms))
+
+    def finish(self) -> None:
+        pass
 
     def asking(self, budget: Budget) -> Budget:
         """This budget for the drafter the bandit picks."""

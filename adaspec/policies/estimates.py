@@ -11,6 +11,7 @@ not pay again to learn what a forward costs here.
 
 from __future__ import annotations
 
+import copy
 import math
 from bisect import bisect_right
 from collections import deque
@@ -95,6 +96,12 @@ class VerifyCost:
     def start(self, context: int) -> None:
         """A new request: its context length; what was seen of the machine is kept."""
         self.context = context
+
+    def for_request(self, context: int) -> VerifyCost:
+        """A copy for one request, with its own context, sharing the timings."""
+        request = copy.copy(self)
+        request.start(context)
+        return request
 
     def observe(self, n: int, ms: float, context: int) -> None:
         """A step that ran a forward over n positions (n = 0: the prefill had scored its
@@ -192,8 +199,14 @@ class Acceptance:
         self.sureness = [0.0, 0.0]  # the same over recent requests
 
     def start(self) -> None:
-        self.counts.clear()
+        self.counts = {}
         self.text = [0.0, 0.0]
+
+    def for_request(self) -> Acceptance:
+        """A copy for one request: its own counts, sharing the drafters' history."""
+        request = copy.copy(self)
+        request.start()
+        return request
 
     def observe_target(self, top: float | None) -> None:
         """The target's top probability at the row a step took its own token from."""
@@ -304,8 +317,14 @@ class Calibration:
         self._points: dict[str, tuple[tuple[float, float], ...]] = {}  # kept until it learns
 
     def start(self) -> None:
-        self.offsets.clear()
-        self._points.clear()
+        self.offsets = {}
+        self._points = {}
+
+    def for_request(self) -> Calibration:
+        """A copy for one request: its own offsets, sharing the confidence bins."""
+        request = copy.copy(self)
+        request.start()
+        return request
 
     def observe(self, drafter: str, confidences: Sequence[float], accepted: int) -> None:
         """A chain's step: tokens after the first rejection were not tested."""

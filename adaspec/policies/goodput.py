@@ -135,14 +135,18 @@ class GoodputPolicy(PolicyDefaults):
         return max(rate(k) for k in range(1, k_max + 1)) > 1.0 / step
 
     def start(self, state: DecodeState, arms: Mapping[str, float]) -> None:
+        """The estimators become this request's copies (sharing what they learn across
+        requests); the draft costs, set-up rates and request lengths stay shared."""
         self.arms = dict(arms)
-        self.verify.start(len(state.tokens))
-        self.acceptance.start()
-        self.calibration.start()
+        self.verify = self.verify.for_request(len(state.tokens))
+        self.acceptance = self.acceptance.for_request()
+        self.calibration = self.calibration.for_request()
         self.set_up = set()
+        self.generated, self.limit = 0, state.max_new_tokens
+
+    def finish(self) -> None:
         if self.generated:
             self.request_tokens.add(self.generated)
-        self.generated, self.limit = 0, state.max_new_tokens
 
     def budget(self, state: DecodeState) -> Budget:
         """Every arm with its plan, cheapest first; a plain step until the baseline is
@@ -170,7 +174,10 @@ class GoodputPolicy(PolicyDefaults):
     def observe(self, outcome: StepOutcome) -> None:
         self.generated += outcome.emitted
         before, context = self.verify.context, self.verify.context + outcome.emitted
-        self.verify.observe(outcome.positions, outcome.verify_s * 1000, context)
+        alone = outcome.batch_rows in (None, outcome.positions)
+        # A pass shared with other requests says what their rows cost too: only a step
+        # that ran alone times this request's positions (pricing shared passes: issue 32).
+        self.verify.observe(outcome.positions if alone else 0, outcome.verify_s * 1000, context)
         self.acceptance.observe_target(outcome.target_top)
         self.acceptance.idle_except(outcome.drafter)
         for name, cost in self.draft_ms.items():
