@@ -3,13 +3,14 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PROMPT ?= Write a Python function that reverses a linked list.
+SERVE_ARGS ?=  # e.g. make serve SERVE_ARGS="--port 9000 --api-key KEY"
 LLAMA_CPP_VERSION := 0.3.36
 # llama.cpp compiled without llamafile's tinyBLAS: those batched kernels round differently
 # from one-token decoding, which would break token-for-token equality of greedy speculative
 # decoding. The wheel is built once (5-12 minutes on two cores) and kept here.
 WHEELS ?= $(HOME)/.cache/adaspec/wheels/llama-cpp-python-$(LLAMA_CPP_VERSION)-nollamafile
 
-.PHONY: install run test test-fast lint clean
+.PHONY: install run serve test test-fast lint clean
 
 install: $(VENV)/.installed
 
@@ -28,6 +29,11 @@ $(VENV)/.installed: pyproject.toml
 run: install
 	$(BIN)/adaspec models pull
 	$(BIN)/adaspec generate "$(PROMPT)" --chat
+
+# The default pair behind an OpenAI-compatible API on http://127.0.0.1:8000/v1 (docs/serving.md).
+serve: install
+	$(BIN)/adaspec models pull
+	$(BIN)/adaspec serve $(SERVE_ARGS)
 
 # The whole check: lint, fast unit tests, then the real-model integration tests.
 test: lint

@@ -210,6 +210,65 @@ def _stream(engine: Engine, ids: list[int], config: GenerationConfig) -> None:
     )
 
 
+@app.command()
+@user_errors
+def serve(
+    target: Annotated[str, typer.Option(help="Target model: name, .gguf file or HF folder.")] = (
+        models.DEFAULT_TARGET
+    ),
+    draft: Annotated[
+        str | None, typer.Option(help="Draft model (as for generate); `none`: no model.")
+    ] = None,
+    backend: Annotated[str, typer.Option(help="auto | llama.cpp | torch")] = "auto",
+    draft_backend: Annotated[
+        str | None, typer.Option(help="Backend of the draft model (default: as --backend).")
+    ] = None,
+    drafter: Annotated[str, typer.Option(help=f"{' | '.join(DRAFTERS.names())}")] = "auto",
+    policy: Annotated[str, typer.Option(help=f"{' | '.join(POLICIES.names())}")] = "goodput",
+    k: Annotated[int | None, typer.Option("--k", help="Draft length knob (as for generate).")] = (
+        None
+    ),
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0: a free one).")] = 8000,
+    parallel: Annotated[int, typer.Option(help="Requests run at once (slots).")] = 1,
+    max_queue: Annotated[
+        int, typer.Option(help="Requests waiting for a slot before 429 answers.")
+    ] = 64,
+    api_key: Annotated[
+        list[str] | None,
+        typer.Option(help="Require this key on /v1 (Bearer or X-Api-Key); repeat for several."),
+    ] = None,
+    device: Device = None,
+    dtype: Dtype = None,
+    threads: Threads = None,
+    context: Context = None,
+) -> None:
+    """Serve the model over an OpenAI-compatible HTTP API until SIGTERM or Ctrl-C."""
+    from adaspec.server.launch import EngineOptions, load_engine
+    from adaspec.server.launch import serve as run_server
+    from adaspec.server.settings import ServerSettings
+
+    settings = ServerSettings(
+        model_id=target,
+        host=host,
+        port=port,
+        parallel=parallel,
+        max_queue=max_queue,
+        api_keys=tuple(api_key or ()),
+    )
+    options = EngineOptions(
+        target, draft, drafter, policy, k, backend, draft_backend, device, dtype, threads, context
+    )
+    with err.status(f"loading {target}" + (f" and {draft}" if draft else "")):
+        engine = load_engine(options)
+    err.print(f"warming up {target}", highlight=False)
+    run_server(
+        engine,
+        settings,
+        announce=lambda url: typer.echo(f"adaspec: serving {target} at {url}/v1", err=False),
+    )
+
+
 def _int_list(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]

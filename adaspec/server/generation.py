@@ -1,0 +1,150 @@
+"""One request from the app's side: submitted to the scheduler, read back as text pieces.
+
+The streamed and the whole answer are both made by iterating ``Completion.pieces()``, so
+they cannot differ. Text is decoded incrementally (never cutting a character) and cut at
+the first stop string; the request's counts go to the metrics and one log line at its end,
+also when its client left before it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from time import perf_counter
+
+from adaspec.backends.base import Tokenizer
+from adaspec.config import GenerationConfig
+from adaspec.server.bridge import EventBridge, Stamped
+from adaspec.server.errors import translate
+from adaspec.server.metrics import Metrics
+from adaspec.server.scheduler import Failed, Finished, Scheduler, Step
+from adaspec.server.stops import StopText
+from adaspec.stats import GenerationStats
+from adaspec.textstream import TextStream
+
+log = logging.getLogger("adaspec.server")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a request ended: what ``usage``, ``finish_reason`` and ``adaspec`` report."""
+
+    finish_reason: str  # "stop" (EOS or a stop string) or "length"
+    prompt_tokens: int
+    completion_tokens: int  # every token generated, also past a stop string
+    cached_tokens: int
+    stats: GenerationStats
+
+
+class Completion:
+    """A submitted request. ``metrics`` None: not counted (the warm-up's)."""
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        prompt: list[int],
+        config: GenerationConfig,
+        stops: list[str],
+        tokenizer: Tokenizer,
+        metrics: Metrics | None = None,
+        name: str = "request",
+    ) -> None:
+        self.started = perf_counter()
+        self.name, self.metrics = name, metrics
+        self.bridge = EventBridge(asyncio.get_running_loop())
+        self.text = TextStream(tokenizer)
+        self.stop = StopText(stops)
+        self.outcome: Outcome | None = None
+        self._ended = False  # Finished or Failed was read
+        self._last_step: float | None = None
+        self.ticket = scheduler.submit(prompt, config, self.bridge.on_event)
+
+    async def pieces(self) -> AsyncIterator[str]:
+        """The answer's text as it comes; ``outcome`` is set once it is exhausted. Raises
+        an APIError where the request failed."""
+        try:
+            async for stamp, event in self.bridge.events():
+                if isinstance(event, Step):
+                    piece = self._step(stamp, event)
+                elif isinstance(event, Finished):
+                    piece = self._finish(stamp, event)
+                else:
+                    raise self._failed(event)
+                if piece:
+                    yield piece
+        finally:
+            if not self._ended:  # the reader left first: the client is gone
+                self.ticket.cancel()
+                self.bridge.abandon(self._abandoned)
+
+    async def whole(self) -> str:
+        return "".join([piece async for piece in self.pieces()])
+
+    def _step(self, stamp: float, step: Step) -> str:
+        self._observe_latency(stamp, len(step.token_ids))
+        if self.stop.stopped:
+            return ""  # a step already under way when the stop string was found
+        piece = self.stop.push(self.text.push(step.token_ids))
+        if self.stop.stopped:
+            self.ticket.cancel()
+        return piece
+
+    def _finish(self, stamp: float, finished: Finished) -> str:
+        self._ended = True
+        piece = self.stop.push(self.text.flush()) + self.stop.flush()
+        result = finished.result
+        stopped = self.stop.stopped or result.finish_reason == "stop"
+        self.outcome = Outcome(
+            finish_reason="stop" if stopped else "length",
+            prompt_tokens=len(self.ticket.prompt),
+            completion_tokens=len(result.token_ids),
+            cached_tokens=finished.cached_tokens,
+            stats=result.stats,
+        )
+        self._record(stamp, finished, by_client=finished.cancelled and not self.stop.stopped)
+        return piece
+
+    def _failed(self, failed: Failed) -> Exception:
+        self._ended = True
+        error = translate(failed.error)
+        log.warning("%s failed after %.2f s: %s", self.name, self._since_start(), error)
+        return error
+
+    def _abandoned(self, stamped: Stamped) -> None:
+        _, event = stamped
+        if isinstance(event, Finished):
+            self._record(stamped[0], event, by_client=True)
+
+    def _observe_latency(self, stamp: float, tokens: int) -> None:
+        if self.metrics is not None and tokens:
+            if self._last_step is None:
+                self.metrics.ttft.observe(stamp - self.started)
+            else:
+                self.metrics.token_gap.observe((stamp - self._last_step) / tokens)
+        self._last_step = stamp
+
+    def _record(self, stamp: float, finished: Finished, by_client: bool) -> None:
+        stats = finished.result.stats
+        summary = stats.summary()
+        if self.metrics is not None:
+            self.metrics.record(stats, finished.cached_tokens, cancelled=by_client)
+            self.metrics.duration.observe(stamp - self.started)
+        end = "cancelled" if by_client else (self.outcome.finish_reason if self.outcome else "")
+        log.info(
+            "%s: %d prompt tokens (%d cached), %d generated, accepted %d/%d drafted "
+            "(%.2f per target pass), %.2f s, %s",
+            self.name,
+            stats.prompt_tokens,
+            finished.cached_tokens,
+            summary["new_tokens"],
+            summary["accepted"],
+            summary["drafted"],
+            summary["mean_accepted"],
+            stamp - self.started,
+            end,
+        )
+
+    def _since_start(self) -> float:
+        return perf_counter() - self.started

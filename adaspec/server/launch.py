@@ -1,0 +1,132 @@
+"""``adaspec serve``: load the engine, open the socket, run uvicorn until SIGTERM or Ctrl-C.
+
+The engine loads before the socket opens, so a missing model is one line and exit 1, not
+a server that never gets ready; the warm-up runs with the socket open (/health: 503).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import uvicorn
+
+from adaspec.api import load
+from adaspec.engine import Engine
+from adaspec.errors import ConfigError, ModelError
+from adaspec.models import DEFAULT_TARGET
+from adaspec.server.app import create_app
+from adaspec.server.settings import ServerSettings
+from adaspec.server.state import ServerState
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """What ``load()`` builds the engine from, as the generate command passes it."""
+
+    target: str = DEFAULT_TARGET
+    draft: str | None = None
+    drafter: str = "auto"
+    policy: str = "goodput"
+    k: int | None = None
+    backend: str = "auto"
+    draft_backend: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+    threads: int | None = None
+    context: int | None = None
+
+
+def load_engine(options: EngineOptions) -> Engine:
+    """The one place the server builds its engine."""
+    return load(
+        options.target,
+        options.draft,
+        options.drafter,
+        options.policy,
+        options.k,
+        options.backend,
+        options.draft_backend,
+        options.device,
+        options.dtype,
+        options.threads,
+        options.context,
+    )
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket (port 0: a free one), or a ConfigError saying why not."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as error:
+        raise ConfigError(f"cannot listen on {host}:{port} ({error.strerror or error})") from None
+    return sock
+
+
+def base_url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def serve(engine: Engine, settings: ServerSettings, announce: Callable[[str], None]) -> None:
+    """Serve until told to stop; ``announce`` gets the base URL once the server is ready.
+    Raises ModelError where the warm-up failed."""
+    app = create_app(engine, settings)
+    sock = listen(settings.host, settings.port)
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,  # the app logs one line per request itself
+        timeout_graceful_shutdown=int(settings.drain_timeout_s),
+    )
+    server = uvicorn.Server(config)
+    state: ServerState = app.state.server
+    url = base_url(sock)
+    watcher = threading.Thread(
+        target=_announce_when_ready, args=(server, state, lambda: announce(url)), daemon=True
+    )
+    watcher.start()
+    with _signals_end_quietly():
+        server.run(sockets=[sock])
+    if state.status == "error":
+        raise ModelError(f"the server stopped: its warm-up failed: {state.problem}")
+
+
+def _announce_when_ready(
+    server: uvicorn.Server, state: ServerState, announce: Callable[[], None]
+) -> None:
+    """Once the warm-up settled and uvicorn listens: announce, or stop a failed server."""
+    state.settled.wait()
+    while not server.started and not server.should_exit:
+        time.sleep(0.02)
+    if state.status == "error":
+        server.should_exit = True
+    elif server.started:
+        announce()
+
+
+@contextlib.contextmanager
+def _signals_end_quietly() -> Iterator[None]:
+    """uvicorn handles SIGTERM and SIGINT (drain, then stop), then raises the signal again
+    for whatever handler was there before it: a no-op, so the process exits 0."""
+    caught = (signal.SIGTERM, signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {sig: signal.signal(sig, lambda *_: None) for sig in caught}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)

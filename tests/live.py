@@ -1,0 +1,63 @@
+"""A real server for tests: uvicorn in a background thread, on a free port of 127.0.0.1,
+stopped (and its scheduler drained) when the ``with`` block ends."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import uvicorn
+
+from adaspec.engine import Engine
+from adaspec.server.app import create_app
+from adaspec.server.launch import base_url, listen
+from adaspec.server.settings import ServerSettings
+
+
+class LiveServer:
+    def __init__(self, engine: Engine, settings: ServerSettings) -> None:
+        self.app = create_app(engine, settings)
+        self.sock = listen("127.0.0.1", 0)
+        self.url = base_url(self.sock)
+        config = uvicorn.Config(self.app, log_level="warning", access_log=False)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, args=([self.sock],), daemon=True)
+
+    @property
+    def state(self):
+        return self.app.state.server
+
+    def start(self, ready: bool = True, timeout: float = 30.0) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            assert time.monotonic() < deadline and self.thread.is_alive(), "no server"
+            time.sleep(0.01)
+        while ready and self.state.status != "ok":
+            assert self.state.status != "error", self.state.problem
+            assert time.monotonic() < deadline, "the warm-up did not end"
+            time.sleep(0.01)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the server did not stop"
+        self.sock.close()
+
+
+@contextmanager
+def live_server(engine: Engine, ready: bool = True, **settings) -> Iterator[LiveServer]:
+    settings.setdefault("model_id", "tiny")
+    server = LiveServer(engine, ServerSettings(**settings))
+    server.start(ready)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def client(server: LiveServer, **headers: str) -> httpx.Client:
+    return httpx.Client(base_url=server.url, headers=headers, timeout=30.0)
