@@ -244,7 +244,7 @@ def serve(
     context: Context = None,
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API until SIGTERM or Ctrl-C."""
-    from adaspec.server.launch import EngineOptions, load_engine
+    from adaspec.server.launch import EngineOptions, bind, load_engine
     from adaspec.server.launch import serve as run_server
     from adaspec.server.settings import ServerSettings
 
@@ -259,13 +259,15 @@ def serve(
     options = EngineOptions(
         target, draft, drafter, policy, k, backend, draft_backend, device, dtype, threads, context
     )
+    sock = bind(host, port)  # a port in use fails now, not after the load
     with err.status(f"loading {target}" + (f" and {draft}" if draft else "")):
         engine = load_engine(options)
     err.print(f"warming up {target}", highlight=False)
     run_server(
         engine,
         settings,
-        announce=lambda url: typer.echo(f"adaspec: serving {target} at {url}/v1", err=False),
+        announce=lambda url: typer.echo(f"adaspec: serving {target} at {url}/v1"),
+        sock=sock,
     )
 
 

@@ -13,14 +13,14 @@ import uvicorn
 
 from adaspec.engine import Engine
 from adaspec.server.app import create_app
-from adaspec.server.launch import base_url, listen
+from adaspec.server.launch import base_url, bind
 from adaspec.server.settings import ServerSettings
 
 
 class LiveServer:
     def __init__(self, engine: Engine, settings: ServerSettings) -> None:
         self.app = create_app(engine, settings)
-        self.sock = listen("127.0.0.1", 0)
+        self.sock = bind("127.0.0.1", 0)
         self.url = base_url(self.sock)
         config = uvicorn.Config(self.app, log_level="warning", access_log=False)
         self.server = uvicorn.Server(config)

@@ -529,3 +529,19 @@ def test_serve_command(model_dir, tmp_path):
     log = (tmp_path / "stderr").read_text()
     requests = [line for line in log.splitlines() if line.startswith(("chatcmpl-", "cmpl-"))]
     assert len(requests) == 2 and "Traceback" not in log, log
+
+
+def test_serve_command_refuses_a_busy_port_before_loading(tmp_path):
+    from typer.testing import CliRunner
+
+    from adaspec.cli import app
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = str(busy.getsockname()[1])
+        missing = str(tmp_path / "no-model")  # never loaded: the port is checked first
+        result = CliRunner().invoke(app, ["serve", "--target", missing, "--port", port])
+    assert result.exit_code == 1 and "cannot listen on 127.0.0.1" in result.output
+    result = CliRunner().invoke(app, ["serve", "--target", missing, "--parallel", "0"])
+    assert result.exit_code == 1 and "--parallel must be at least 1" in result.output

@@ -59,8 +59,10 @@ def load_engine(options: EngineOptions) -> Engine:
     )
 
 
-def listen(host: str, port: int) -> socket.socket:
-    """A listening socket (port 0: a free one), or a ConfigError saying why not."""
+def bind(host: str, port: int) -> socket.socket:
+    """A socket bound to the address (port 0: a free one), or a ConfigError saying why not.
+    Bound before the engine loads, so a port in use fails at once, not after the load;
+    uvicorn listens on it once the app is up (until then connections are refused)."""
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -68,7 +70,6 @@ def listen(host: str, port: int) -> socket.socket:
         sock = socket.socket(family, kind, proto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
-        sock.listen(2048)
     except OSError as error:
         raise ConfigError(f"cannot listen on {host}:{port} ({error.strerror or error})") from None
     return sock
@@ -79,11 +80,17 @@ def base_url(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def serve(engine: Engine, settings: ServerSettings, announce: Callable[[str], None]) -> None:
-    """Serve until told to stop; ``announce`` gets the base URL once the server is ready.
-    Raises ModelError where the warm-up failed."""
+def serve(
+    engine: Engine,
+    settings: ServerSettings,
+    announce: Callable[[str], None],
+    sock: socket.socket | None = None,
+) -> None:
+    """Serve until told to stop, on ``sock`` (else a socket bound to the settings' address);
+    ``announce`` gets the base URL once the server is ready. Raises ModelError where the
+    warm-up failed."""
     app = create_app(engine, settings)
-    sock = listen(settings.host, settings.port)
+    sock = sock or bind(settings.host, settings.port)
     config = uvicorn.Config(
         app,
         log_level="warning",
