@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from adaspec.api import load
 from adaspec.errors import ModelError
 from adaspec.server.bridge import EventBridge
+from adaspec.server.launch import serve
 from adaspec.server.scheduler import Failed, Step, Ticket
 from adaspec.server.settings import ServerSettings
 from tests.live import LiveServer, client, live_server
@@ -485,6 +486,16 @@ def test_stopping_finishes_the_requests_in_flight(model_dir, slow_steps):
     live.stop()
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{live.url}/health")
+
+
+def test_a_failed_warm_up_stops_the_server(model_dir):
+    """A model that cannot run the warm-up (a context of 8 tokens) is never announced: the
+    server stops and `adaspec serve` exits 1 with why."""
+    engine = load(str(model_dir), backend="torch", drafter="none", context=8)
+    announced: list[str] = []
+    with pytest.raises(ModelError, match="warm-up failed: prompt"):
+        serve(engine, ServerSettings(model_id="tiny", port=0), announced.append)
+    assert announced == []
 
 
 def _free_port() -> int:
