@@ -46,16 +46,16 @@ def load_engine(options: EngineOptions) -> Engine:
     """The one place the server builds its engine."""
     return load(
         options.target,
-        options.draft,
-        options.drafter,
-        options.policy,
-        options.k,
-        options.backend,
-        options.draft_backend,
-        options.device,
-        options.dtype,
-        options.threads,
-        options.context,
+        draft=options.draft,
+        drafter=options.drafter,
+        policy=options.policy,
+        k=options.k,
+        backend=options.backend,
+        draft_backend=options.draft_backend,
+        device=options.device,
+        dtype=options.dtype,
+        threads=options.threads,
+        context=options.context,
     )
 
 
