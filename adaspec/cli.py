@@ -16,8 +16,9 @@ from rich.console import Console
 from rich.table import Table
 
 from adaspec import __version__, models
-from adaspec.api import encode_prompt, load
+from adaspec.api import encode_prompt
 from adaspec.bench.harness import DEFAULT_METHODS
+from adaspec.build import EngineSpec, build_engine
 from adaspec.config import GenerationConfig, SamplingParams
 from adaspec.drafters import DRAFTERS
 from adaspec.engine import Engine
@@ -172,20 +173,21 @@ def generate(
     text = read_prompt(prompt)
     sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)
     config = GenerationConfig(max_new_tokens=max_new_tokens, sampling=sampling, seed=seed)
+    spec = EngineSpec(
+        target=target,
+        draft=draft,
+        drafter=drafter,
+        policy=policy,
+        k=k,
+        backend=backend,
+        draft_backend=draft_backend,
+        device=device,
+        dtype=dtype,
+        threads=threads,
+        context=context,
+    )
     with err.status(f"loading {target}" + (f" and {draft}" if draft else "")):
-        engine = load(
-            target,
-            draft,
-            drafter,
-            policy,
-            k,
-            backend,
-            draft_backend,
-            device,
-            dtype,
-            threads,
-            context,
-        )
+        engine = build_engine(spec)
     ids = encode_prompt(engine.target.tokenizer, text, chat)
     if as_json:
         typer.echo(json.dumps(engine.generate(ids, config).to_dict()))
@@ -512,15 +514,8 @@ def train_head(
     if len(chosen) < 4:
         raise AdaspecError("fewer than 4 prompts left after the held-out ones; pass more --data")
     with err.status(f"loading {target} and {draft}"):
-        engine = load(
-            target,
-            draft="none",
-            drafter="auto",
-            policy="goodput",
-            backend=backend,
-            threads=threads,
-            context=context,
-        )
+        spec = EngineSpec(target, draft="none", backend=backend, threads=threads, context=context)
+        engine = build_engine(spec)
         # As it will draft (bf16 on a CPU with bf16 instructions): the head learns the
         # hidden states it will read.
         draft_model = load_backend(draft, backend, threads=threads, drafting=True, context=context)

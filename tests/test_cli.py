@@ -210,11 +210,14 @@ def test_profile_bad_list(model_dir):
 
 
 def test_drafters_that_can_use_a_model_get_the_default_pairs_draft():
-    from adaspec.api import _draft_for
-    from adaspec.models import DEFAULT_DRAFT, DEFAULT_TARGET
+    from adaspec.build import EngineSpec, draft_to_load
+    from adaspec.models import DEFAULT_DRAFT
 
-    assert _draft_for(DEFAULT_TARGET, None, usable=True) == DEFAULT_DRAFT
-    assert _draft_for(DEFAULT_TARGET, None, usable=False) is None
-    assert _draft_for(DEFAULT_TARGET, "none", usable=True) is None  # opted out
-    assert _draft_for("/models/other", None, usable=True) is None  # no pair known
-    assert _draft_for("/models/other", "/models/small", usable=True) == "/models/small"
+    def draft(**fields):
+        return draft_to_load(EngineSpec(**fields), target=None)  # type: ignore[arg-type]
+
+    assert draft(drafter="model") == DEFAULT_DRAFT
+    assert draft(drafter="ngram") is None  # drafts without a model
+    assert draft(drafter="model", draft="none") is None  # opted out
+    assert draft(target="/models/other", drafter="model") is None  # no pair known
+    assert draft(target="/models/other", draft="/models/small") == "/models/small"

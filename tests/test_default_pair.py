@@ -12,7 +12,7 @@ import torch
 from adaspec import GenerationConfig, SamplingParams, load_backend
 from adaspec.api import encode_prompt
 from adaspec.backends import BACKENDS
-from adaspec.build import build_engine
+from adaspec.build import EngineSpec, build_engine
 from adaspec.drafters import DRAFTERS
 from adaspec.models import DEFAULT_DRAFT, DEFAULT_TARGET, NAMED_MODELS, model_path
 from adaspec.sampling import probabilities
@@ -52,7 +52,7 @@ def pair(request):
 @pytest.fixture(scope="module")
 def plain_answers(pair):
     _, target, _ = pair
-    engine = build_engine(target, None, "none", "fixed")
+    engine = build_engine(EngineSpec(drafter="none", policy="fixed"), target, None)
     config = GenerationConfig(max_new_tokens=24)
     prompts = [encode_prompt(target.tokenizer, text, chat=True) for text in PROMPTS]
     return [(ids, engine.generate(ids, config).token_ids) for ids in prompts]
@@ -65,7 +65,7 @@ def test_the_pair_decodes_greedily_as_plain_decoding(pair, plain_answers, drafte
     request drafts, so tokens are accepted and rejected; goodput drafts only where it pays
     on this machine (on llama.cpp, at most rarely), so there only equality is asserted."""
     _, target, draft = pair
-    engine = build_engine(target, draft, drafter, policy)
+    engine = build_engine(EngineSpec(drafter=drafter, policy=policy), target, draft)
     accepted = rejected = 0
     # A drafter that learns from the target's rows (recycling) starts with nothing to
     # draft: a second round lets it draft from the first, as it would across requests.
@@ -91,7 +91,12 @@ def test_goodput_sampling_on_the_pair_follows_the_target(pair):
     prompt = target.tokenizer.encode("def fibonacci(n):")
     exact = exact_first_two(target, prompt, params)
     clock = FakeClock()
-    engine = build_engine(ClockedBackend(target, clock), draft, "model", "goodput", clock=clock)
+    engine = build_engine(
+        EngineSpec(drafter="model", policy="goodput"),
+        ClockedBackend(target, clock),
+        draft,
+        clock=clock,
+    )
     seen: Counter[tuple[int, int]] = Counter()
     drafted = rejected = 0
     for seed in range(600):

@@ -8,7 +8,7 @@ from dataclasses import replace
 import torch
 
 from adaspec.budget import Budget
-from adaspec.build import build_engine
+from adaspec.build import EngineSpec, build_engine
 from adaspec.config import GenerationConfig, SamplingParams
 from adaspec.draft import Draft
 from adaspec.drafters.ngram import NgramDrafter
@@ -59,7 +59,7 @@ def test_a_draft_model_the_plan_rules_out_pays_no_forwards():
     clock = Clock()
     target = TableBackend(random_table(4, 2.0, seed=1), clock, lambda n: 10.0 * n)
     draft = CountingBackend(random_table(4, 2.0, seed=2), clock, lambda n: 5.0, label="d")
-    engine = build_engine(target, draft, "model", "goodput", clock=clock)
+    engine = build_engine(EngineSpec(drafter="model", policy="goodput"), target, draft, clock=clock)
     for _ in range(4):
         engine.generate([0, 1, 2], GenerationConfig(max_new_tokens=30))
     draft.forwards = 0

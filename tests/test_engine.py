@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adaspec.build import build_engine
+from adaspec.build import EngineSpec, build_engine
 from adaspec.config import GenerationConfig, SamplingParams
 from adaspec.drafters import DRAFTERS as DRAFTER_NAMES
 from adaspec.drafters.model import ModelDrafter
@@ -61,7 +61,12 @@ def test_greedy_equals_an_argmax_loop(target, expected, drafter, policy):
     tokens accepted and tokens rejected, and still return the argmax loop's ids."""
     clock = FakeClock()
     draft = backend(perturbed(target.model, 0.3))
-    engine = build_engine(ClockedBackend(target, clock), draft, drafter, policy, clock=clock)
+    engine = build_engine(
+        EngineSpec(drafter=drafter, policy=policy),
+        ClockedBackend(target, clock),
+        draft,
+        clock=clock,
+    )
     accepted = rejected = 0
     for (i, n), want in expected.items():
         result = engine.generate(PROMPTS[i], GenerationConfig(max_new_tokens=n))

@@ -3,7 +3,7 @@ costs are timed when the engine is built (once, then read from the cache)."""
 
 from __future__ import annotations
 
-from adaspec.build import build_engine
+from adaspec.build import EngineSpec, build_engine
 from adaspec.config import GenerationConfig
 from adaspec.policies.fixed import FixedPolicy
 from adaspec.policies.goodput import GoodputPolicy
@@ -21,7 +21,7 @@ def first_request(drafter: str) -> tuple[float, int]:
     clock = Clock()
     target = cyclic_target(clock)
     target.cost_ms = llama_cpp_like
-    engine = build_engine(target, None, drafter, "goodput", clock=clock)
+    engine = build_engine(EngineSpec(drafter=drafter, policy="goodput"), target, None, clock=clock)
     result = engine.generate(REPEATING, GenerationConfig(max_new_tokens=48))
     return result.stats.wall_s, result.stats.summary()["drafted"]
 
@@ -39,11 +39,11 @@ def test_the_costs_are_timed_once_and_saved():
     clock = Clock()
     target = TableBackend(cyclic_target(clock).table, clock, llama_cpp_like)
     assert saved_profile(target) is None
-    build_engine(target, None, "ngram", "goodput", clock=clock)
+    build_engine(EngineSpec(drafter="ngram", policy="goodput"), target, None, clock=clock)
     profile = saved_profile(target)
     assert profile is not None and profile.ms[0][:3] == [41.0, 84.0, 127.0]
     timed = clock.now
-    build_engine(target, None, "ngram", "goodput", clock=clock)
+    build_engine(EngineSpec(drafter="ngram", policy="goodput"), target, None, clock=clock)
     assert clock.now == timed  # read from the cache, not timed again
 
 

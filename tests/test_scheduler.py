@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from adaspec.backends.torch_hf import TorchBackend
-from adaspec.build import build_engine
+from adaspec.build import EngineSpec, build_engine
 from adaspec.config import GenerationConfig
 from adaspec.drafters import DRAFTERS
 from adaspec.drafters.none import NoDrafter
@@ -62,7 +62,12 @@ def test_requests_in_flight_together_decode_as_each_alone(target, expected, draf
     model's slots) return the argmax loop's ids, and the shared passes did draft."""
     clock = FakeClock()
     draft = TorchBackend(perturbed(target.model, 0.3), None, label="draft", slots=SLOTS)
-    engine = build_engine(ClockedBackend(target, clock), draft, drafter, policy, clock=clock)
+    engine = build_engine(
+        EngineSpec(drafter=drafter, policy=policy),
+        ClockedBackend(target, clock),
+        draft,
+        clock=clock,
+    )
     gens = run_together(engine, JOBS)
     for gen, want in zip(gens, expected, strict=True):
         assert gen.token_ids == want, f"{drafter}:{policy}, slot {gen.slot}"
@@ -75,7 +80,12 @@ def test_requests_in_flight_together_decode_as_each_alone(target, expected, draf
 def test_a_shared_pass_is_one_forward_over_every_slots_rows(target):
     """The clock is charged once per step_all, for all its rows together."""
     clock = FakeClock()
-    engine = build_engine(ClockedBackend(target, clock), None, "ngram", "fixed", clock=clock)
+    engine = build_engine(
+        EngineSpec(drafter="ngram", policy="fixed"),
+        ClockedBackend(target, clock),
+        None,
+        clock=clock,
+    )
     gens = run_together(engine, JOBS[:2], alone_steps=0)
     rows = [s.batch_rows for s in gens[0].stats.steps[1:4]]
     assert all(r is not None and r > gens[0].stats.steps[1].positions for r in rows)
@@ -103,7 +113,7 @@ def collect(scheduler: Scheduler, jobs, **submit) -> list[list]:
 
 @pytest.mark.parametrize("parallel", [1, 2, 3])
 def test_the_scheduler_runs_requests_in_slots_with_their_ids_alone(target, expected, parallel):
-    engine = build_engine(target, None, "ngram", "heuristic")
+    engine = build_engine(EngineSpec(drafter="ngram", policy="heuristic"), target, None)
     scheduler = Scheduler(engine, parallel=parallel, prefix_reuse=False)
     scheduler.start()
     try:
@@ -151,7 +161,7 @@ def test_a_prompt_extending_a_slots_text_skips_that_prefill(target, expected):
     """A second turn resending the first turn and its answer runs in the slot that holds
     them, prefills only what is new, and (fp64 tiny models: no near-ties) decodes as a
     cold start would."""
-    engine = build_engine(target, None, "ngram", "fixed")
+    engine = build_engine(EngineSpec(drafter="ngram", policy="fixed"), target, None)
     scheduler = Scheduler(engine, parallel=2)
     scheduler.start()
     try:

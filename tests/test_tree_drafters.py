@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from adaspec.budget import Budget
-from adaspec.build import build_engine
+from adaspec.build import EngineSpec, build_engine
 from adaspec.config import GenerationConfig, SamplingParams
 from adaspec.drafters.aded import AdedDrafter
 from adaspec.drafters.growth import grow
@@ -108,7 +108,9 @@ def test_a_tree_stops_at_eos_and_at_max_new_tokens(drafter):
     clock = Clock()
     target = TableBackend(cyclic_table(), clock, eos=frozenset({4}))
     draft = TableBackend(cyclic_table(), clock, lambda n: 1.0, label="d", weight_bytes=100)
-    engine = build_engine(target, draft, drafter, "fixed", k=8, clock=clock)
+    engine = build_engine(
+        EngineSpec(drafter=drafter, policy="fixed", k=8), target, draft, clock=clock
+    )
     prompt = [0, 1, 2, 3, 4, 5] * 3 + [0]
     for _ in range(3):  # recycling learns from the first requests
         result = engine.generate(prompt, GenerationConfig(max_new_tokens=20))
@@ -131,7 +133,9 @@ def model_tree_joint(params: SamplingParams) -> tuple[torch.Tensor, torch.Tensor
     table = random_table(4, 1.0, seed=5)
     target = TableBackend(table, clock)
     draft = TableBackend(table + random_table(4, 1.0, seed=6), clock, lambda n: 1.0, label="d")
-    engine = build_engine(target, draft, "model-tree", "fixed", k=3, clock=clock)
+    engine = build_engine(
+        EngineSpec(drafter="model-tree", policy="fixed", k=3), target, draft, clock=clock
+    )
     engine.drafter.floor = 0.15  # branch wherever a second token is plausible
     counts = torch.zeros(4, 4)
     wide = 0

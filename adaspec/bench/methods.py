@@ -17,7 +17,7 @@ from typing import Protocol
 import torch
 
 from adaspec.backends.base import Backend
-from adaspec.build import build_engine
+from adaspec.build import EngineSpec, build_engine
 from adaspec.config import GenerationConfig
 from adaspec.drafters import DRAFTERS
 from adaspec.policies import POLICIES
@@ -77,8 +77,9 @@ class AdaspecMethod:
     ) -> None:
         self.name = spec
         drafter, policy = self.names(spec)
+        spec = EngineSpec(drafter=drafter, policy=policy, k=k)
         self.engine = build_engine(
-            target, draft, drafter, policy, k, clock, time_costs, record_rows
+            spec, target, draft, clock=clock, time_costs=time_costs, record_rows=record_rows
         )
         self.record_rows = record_rows
 

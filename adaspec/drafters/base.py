@@ -13,6 +13,7 @@ from typing import ClassVar, Protocol, Self, runtime_checkable
 from adaspec.backends.base import Backend
 from adaspec.budget import Budget
 from adaspec.draft import Draft
+from adaspec.errors import ConfigError
 from adaspec.registry import Registry
 from adaspec.state import DecodeState
 from adaspec.stats import StepOutcome
@@ -95,3 +96,8 @@ class DrafterSet:
 
 
 DRAFTERS: Registry[Drafter] = Registry("drafter")
+
+
+def missing_draft_model(drafter: str) -> ConfigError:
+    """The one message for a drafter asked for without the draft model it needs."""
+    return ConfigError(f"drafter {drafter!r} needs a draft model: pass --draft NAME_OR_PATH")

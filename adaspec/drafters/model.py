@@ -17,8 +17,7 @@ import torch
 from adaspec.backends.base import Backend, check_same_vocabulary, slot_of
 from adaspec.budget import Budget
 from adaspec.draft import Draft
-from adaspec.drafters.base import DRAFTERS
-from adaspec.errors import ModelError
+from adaspec.drafters.base import DRAFTERS, missing_draft_model
 from adaspec.head import AcceptanceHead, head_path
 from adaspec.sampling import probabilities, sample
 from adaspec.state import DecodeState
@@ -50,7 +49,7 @@ class ModelDrafter:
     def create(cls, target: Backend, draft: Backend | None) -> ModelDrafter:
         """With the acceptance head saved beside the draft model, if there is one."""
         if draft is None:
-            raise ModelError("drafter 'model' needs a draft model: pass --draft NAME_OR_PATH")
+            raise missing_draft_model("model")
         check_same_vocabulary(target, draft)
         path = head_path(draft.label)
         return cls(draft, target.vocab_size, AcceptanceHead.load(path) if path.exists() else None)

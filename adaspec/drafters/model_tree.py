@@ -25,9 +25,8 @@ import torch
 from adaspec.backends.base import Backend, check_same_vocabulary
 from adaspec.budget import Budget
 from adaspec.draft import Draft
-from adaspec.drafters.base import DRAFTERS
+from adaspec.drafters.base import DRAFTERS, missing_draft_model
 from adaspec.drafters.model import ModelDrafter, fit_width
-from adaspec.errors import ModelError
 from adaspec.sampling import probabilities, sample
 from adaspec.state import DecodeState
 from adaspec.stats import StepOutcome
@@ -71,7 +70,7 @@ class ModelTreeDrafter:
     @classmethod
     def create(cls, target: Backend, draft: Backend | None) -> ModelTreeDrafter:
         if draft is None:
-            raise ModelError("drafter 'model-tree' needs a draft model: pass --draft NAME_OR_PATH")
+            raise missing_draft_model("model-tree")
         check_same_vocabulary(target, draft)
         return cls(ModelDrafter(draft, target.vocab_size))
 
