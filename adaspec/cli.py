@@ -246,10 +246,24 @@ def serve(
     context: Context = None,
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API until SIGTERM or Ctrl-C."""
-    from adaspec.server.launch import EngineOptions, bind, load_engine
+    from adaspec.server.launch import bind, load_engine
     from adaspec.server.launch import serve as run_server
     from adaspec.server.settings import ServerSettings
 
+    spec = EngineSpec(
+        target=target,
+        draft=draft,
+        drafter=drafter,
+        policy=policy,
+        k=k,
+        backend=backend,
+        draft_backend=draft_backend,
+        device=device,
+        dtype=dtype,
+        threads=threads,
+        context=context,
+        slots=parallel,
+    )
     settings = ServerSettings(
         model_id=target,
         host=host,
@@ -258,12 +272,9 @@ def serve(
         max_queue=max_queue,
         api_keys=tuple(api_key or ()),
     )
-    options = EngineOptions(
-        target, draft, drafter, policy, k, backend, draft_backend, device, dtype, threads, context
-    )
     sock = bind(host, port)  # a port in use fails now, not after the load
     with err.status(f"loading {target}" + (f" and {draft}" if draft else "")):
-        engine = load_engine(options)
+        engine = load_engine(spec)
     err.print(f"warming up {target}", highlight=False)
     run_server(
         engine,

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
@@ -222,6 +223,28 @@ def test_parallel_requests_from_threads(server, reference):
     for thread in threads:
         thread.join(30)
     assert [got.get(i) for i in range(len(PROMPTS))] == expected
+
+
+def test_requests_run_side_by_side_in_slots(model_dir, reference, slow_steps):
+    """With two slots, two requests are in flight at once (both slots busy), and each
+    answer is plain decoding's."""
+    engine = load(str(model_dir), backend="torch", drafter="none", slots=2)
+    expected = [greedy(reference, p, 30)[1].text for p in PROMPTS[:2]]
+    busy: list[float] = []
+    with live_server(engine, parallel=2) as live, client(live) as http:
+
+        def read(prompt: str) -> str:
+            body = {"prompt": prompt, "max_tokens": 30, "stream": True}
+            with http.stream("POST", "/v1/completions", json=body) as response:
+                chunks = events(response)
+            return "".join(c["choices"][0]["text"] for c in chunks)
+
+        with ThreadPoolExecutor(2) as pool:
+            answers = pool.map(read, PROMPTS[:2])
+            while len(busy) < 2 or busy[-1] > 0:
+                busy.append(scrape(live)["adaspec_slots_busy"])
+            assert list(answers) == expected
+    assert max(busy) == 2
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -510,6 +533,7 @@ def test_serve_command(model_dir, tmp_path):
     port = _free_port()
     command = [sys.executable, "-m", "adaspec.cli", "serve", "--target", str(model_dir)]
     command += ["--backend", "torch", "--port", str(port), "--threads", "1", "--api-key", "s"]
+    command += ["--parallel", "2"]
     env = os.environ | {"ADASPEC_CACHE": str(tmp_path / "cache")}
     with open(tmp_path / "stderr", "w") as errors:
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, text=True, env=env)

@@ -12,51 +12,21 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import uvicorn
 
-from adaspec.api import load
+from adaspec.build import EngineSpec, build_engine
 from adaspec.engine import Engine
 from adaspec.errors import ConfigError, ModelError
-from adaspec.models import DEFAULT_TARGET
 from adaspec.server.app import create_app
 from adaspec.server.settings import ServerSettings
 from adaspec.server.state import ServerState
 
 
-@dataclass(frozen=True)
-class EngineOptions:
-    """What ``load()`` builds the engine from, as the generate command passes it."""
-
-    target: str = DEFAULT_TARGET
-    draft: str | None = None
-    drafter: str = "auto"
-    policy: str = "goodput"
-    k: int | None = None
-    backend: str = "auto"
-    draft_backend: str | None = None
-    device: str | None = None
-    dtype: str | None = None
-    threads: int | None = None
-    context: int | None = None
-
-
-def load_engine(options: EngineOptions) -> Engine:
-    """The one place the server builds its engine."""
-    return load(
-        options.target,
-        draft=options.draft,
-        drafter=options.drafter,
-        policy=options.policy,
-        k=options.k,
-        backend=options.backend,
-        draft_backend=options.draft_backend,
-        device=options.device,
-        dtype=options.dtype,
-        threads=options.threads,
-        context=options.context,
-    )
+def load_engine(spec: EngineSpec) -> Engine:
+    """The one place the server builds its engine (``spec.slots``: one per request run at
+    once, as ``--parallel`` asks)."""
+    return build_engine(spec)
 
 
 def bind(host: str, port: int) -> socket.socket:
