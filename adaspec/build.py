@@ -5,6 +5,7 @@ it is run."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +24,9 @@ from adaspec.models import DEFAULT_DRAFT, DEFAULT_TARGET, resolve_model, weight_
 from adaspec.policies import POLICIES
 from adaspec.profile import machine_profile
 
-try:  # registers the llama.cpp backend; without llama-cpp-python GGUF files go through torch
+# Registers the llama.cpp backend; without llama-cpp-python GGUF files go through torch.
+with contextlib.suppress(ImportError):
     from adaspec.backends import llama_cpp  # noqa: F401
-except ImportError:  # pragma: no cover - llama-cpp-python is a dependency
-    pass
 
 NO_DRAFT = "none"  # a draft named so: draft without a model
 

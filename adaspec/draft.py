@@ -24,7 +24,7 @@ class Draft:
     def sampled(self) -> bool:
         """Whether the tokens were drawn at random from ``probs`` (a draft model under
         sampling). Such a draft is verified as the drafter stopped it: cutting it afterwards
-        by its own tokens would bias the output (DESIGN.md rule 1, docs/methods.md)."""
+        by its own tokens would bias the output (docs/design.md, rule 1; docs/methods.md)."""
         return self.probs is not None
 
     @property

@@ -194,11 +194,14 @@ class Engine:
     def end(self, gen: Generation) -> None:
         """The request is over (finished or cancelled): its slot's cache keeps only its
         committed text, and the policy keeps what the request taught it."""
+        if gen.done and gen.policy is None:
+            return  # ended already
         gen.done = True
+        if gen.state is None:
+            return  # never began: its slot was not touched
         gen.stats.wall_s = self.clock() - gen._started
-        if gen.state is not None:
-            target = slot_of(self.target, gen.slot)
-            target.rollback(min(target.length, len(gen.state.tokens)))
+        target = slot_of(self.target, gen.slot)
+        target.rollback(min(target.length, len(gen.state.tokens)))
         if gen.policy is not None:
             gen.policy.finish()
             gen.policy = None

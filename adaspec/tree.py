@@ -10,7 +10,7 @@ this one description of a tree (issue 26).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import torch
@@ -122,3 +122,20 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
+
+
+@dataclass
+class PendingNodes:
+    """A backend's bookkeeping between ``forward`` and ``commit``: where the last
+    forward's nodes start in the cache, and their tree (None: a chain, whose accepted path
+    is a prefix of it, so committing it is a rollback); both backends keep one."""
+
+    start: int = 0  # cached positions before the nodes
+    tree: TokenTree | None = None
+    held: list[int] = field(default_factory=list)  # nodes in the cache, in order (llama.cpp)
+
+    @classmethod
+    def of(cls, start: int, tokens: Sequence[int], parents: Sequence[int] | None) -> PendingNodes:
+        if parents is None or is_chain(parents):
+            return cls(start)
+        return cls(start, TokenTree(tuple(tokens), tuple(parents)))

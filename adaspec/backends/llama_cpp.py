@@ -24,7 +24,7 @@ from adaspec.backends.base import BACKENDS, SlotRows
 from adaspec.backends.context import context_size
 from adaspec.errors import ModelError
 from adaspec.models import check_gguf_file
-from adaspec.tree import TokenTree, common_prefix, is_chain
+from adaspec.tree import PendingNodes, TokenTree, common_prefix, is_chain
 
 # Largest batch that ggml's CPU kernels score bit-identically to one-token decoding (a build
 # without llamafile, weights not repacked); from 8 tokens on a different kernel rounds
@@ -195,9 +195,7 @@ class LlamaCppBackend:
         self._seq = seq
         self._length = 0
         self._embeddings = False
-        self._tree_start = 0  # cached positions before the last forward's nodes
-        self._tree: TokenTree | None = None  # the last forward's tree (None: a chain)
-        self._held: list[int] = []  # its nodes the cache holds after the last path scored
+        self._pending = PendingNodes()  # the last forward's nodes, until commit
 
     @property
     def slots(self) -> int:
@@ -282,10 +280,9 @@ class LlamaCppBackend:
         """[k, vocab] logits. A chain of up to EXACT_BATCH tokens is a view of llama.cpp's
         buffer, valid until the next call; longer ones are decoded in exact-size pieces and
         copied. A tree is scored path by path (``_forward_tree``)."""
-        self._tree_start, self._tree = self._length, None
-        if parents is not None and not is_chain(parents):
-            self._tree = TokenTree(tuple(tokens), tuple(parents))
-            return torch.from_numpy(self._forward_tree(self._tree))
+        self._pending = PendingNodes.of(self._length, tokens, parents)
+        if self._pending.tree is not None:
+            return torch.from_numpy(self._forward_tree(self._pending.tree))
         if len(tokens) <= EXACT_BATCH:
             self._decode(tokens)
             return torch.from_numpy(self._logits(len(tokens)))
@@ -306,7 +303,7 @@ class LlamaCppBackend:
             if parents is not None and not is_chain(parents):
                 out.append(view.forward(tokens, parents))
                 continue
-            view._tree_start, view._tree = view._length, None
+            view._pending = PendingNodes(view._length)
             logits = np.empty((len(tokens), self._n_vocab), dtype=np.float32)  # [k, vocab]
             pending += [(view, i, token, logits) for i, token in enumerate(tokens)]
             out.append(torch.from_numpy(logits))
@@ -321,7 +318,7 @@ class LlamaCppBackend:
         batch.n_tokens = len(piece)
         for j, (view, i, token, _) in enumerate(piece):
             batch.token[j] = token
-            batch.pos[j] = view._tree_start + i
+            batch.pos[j] = view._pending.start + i
             batch.n_seq_id[j] = 1
             batch.seq_id[j][0] = view._seq
             batch.logits[j] = True
@@ -334,7 +331,7 @@ class LlamaCppBackend:
         for j, (view, i, _, logits) in enumerate(piece):
             row = lc.llama_get_logits_ith(self._ctx, j)
             logits[i] = np.ctypeslib.as_array(row, (self._n_vocab,))
-            view._length = view._tree_start + i + 1
+            view._length = view._pending.start + i + 1
 
     def _forward_tree(self, tree: TokenTree) -> np.ndarray:
         """Each root path decoded in this one sequence, depth first: a path's nodes after
@@ -348,24 +345,24 @@ class LlamaCppBackend:
         held: list[int] = []  # nodes after the cached text, in cache order
         for path in tree.dfs_paths():
             shared = common_prefix(held, path)
-            self.rollback(self._tree_start + shared)
+            self.rollback(self._pending.start + shared)
             new = path[shared:]
             rows[new] = self._score_in_pieces([tree.tokens[i] for i in new], hidden=False)[0]
             held = path
-        self._held = held
+        self._pending.held = held
         return rows
 
     def commit(self, path: Sequence[int]) -> None:
-        start = self._tree_start
-        if self._tree is None:  # a chain: the path is a prefix of it
-            self.rollback(start + len(path))
+        pending = self._pending
+        if pending.tree is None:  # a chain: the path is a prefix of it
+            self.rollback(pending.start + len(path))
             return
-        shared = common_prefix(self._held, path)
-        self.rollback(start + shared)
-        missing = [self._tree.tokens[i] for i in path[shared:]]
+        shared = common_prefix(pending.held, path)
+        self.rollback(pending.start + shared)
+        missing = [pending.tree.tokens[i] for i in path[shared:]]
         for piece in range(0, len(missing), EXACT_BATCH):  # sizes that cache exactly
             self._decode(missing[piece : piece + EXACT_BATCH], scored_from=EXACT_BATCH)
-        self._tree = None
+        self._pending = PendingNodes(self._length)
 
     def forward_hidden(self, tokens: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Like ``forward``, with llama.cpp's output embeddings (the final normed hidden

@@ -24,7 +24,7 @@ from adaspec.backends.context import context_size
 from adaspec.backends.layout_timing import place_weights
 from adaspec.errors import ModelError
 from adaspec.models import cache_dir, check_gguf_file
-from adaspec.tree import TokenTree, is_chain
+from adaspec.tree import PendingNodes, TokenTree
 
 log = logging.getLogger(__name__)  # the CLI shows adaspec's INFO lines on stderr
 
@@ -86,8 +86,7 @@ class TorchBackend:
     def _open_cache(self) -> None:
         """This object's own fields: what one slot holds."""
         self._cache = DynamicCache(config=self.model.config)
-        self._tree_start = 0  # cached positions before the last forward's nodes
-        self._tree: TokenTree | None = None  # the last forward's tree (None: a chain)
+        self._pending = PendingNodes()  # the last forward's nodes, until commit
 
     def slot(self, index: int) -> TorchBackend:
         """The view on cache ``index`` (made on first use, then the same object)."""
@@ -176,11 +175,10 @@ class TorchBackend:
 
     @torch.inference_mode()
     def forward(self, tokens: Sequence[int], parents: Sequence[int] | None = None) -> torch.Tensor:
-        self._tree_start, self._tree = self.length, None
-        if parents is None or is_chain(parents):
+        self._pending = PendingNodes.of(self.length, tokens, parents)
+        if self._pending.tree is None:
             return self._run(tokens, logits_to_keep=0)[0]  # [k, vocab]
-        self._tree = TokenTree(tuple(tokens), tuple(parents))
-        return self._forward_tree(self._tree)
+        return self._forward_tree(self._pending.tree)
 
     @torch.inference_mode()
     def forward_hidden(self, tokens: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -206,8 +204,8 @@ class TorchBackend:
         return out.logits[0]  # [n, vocab]
 
     def commit(self, path: Sequence[int]) -> None:
-        start = self._tree_start
-        if self._tree is None:  # a chain: the path is a prefix of it
+        start = self._pending.start
+        if self._pending.tree is None:  # a chain: the path is a prefix of it
             self.rollback(start + len(path))
             return
         keep = torch.tensor([*range(start), *(start + i for i in path)], device=self.device)

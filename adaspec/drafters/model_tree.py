@@ -11,7 +11,7 @@ Under sampling the children are drawn without replacement from the parent's row 
 child's q is the row renormalised over the tokens not drawn yet), and how many are drawn
 is decided from what was known before drawing them: the parent's path probability and its
 row. A sampled tree is therefore shaped while it is drafted and verified whole
-(DESIGN.md rule 1); under greedy decoding the children are the row's top tokens.
+(docs/design.md, rule 1); under greedy decoding the children are the row's top tokens.
 """
 
 from __future__ import annotations

@@ -160,18 +160,20 @@ class Scheduler:
 
     def _admit(self) -> None:
         """Queued requests into free slots, each prefilled there (alone: a prompt's
-        prefill is long, and the others wait for it as they would for a step)."""
+        prefill is long, and the others wait for it as they would for a step). A request
+        leaves the queue and takes its slot under one lock, so ``submit`` never sees it in
+        neither."""
         while len(self._active) < self.parallel:
             with self._lock:
                 if not self._queue:
                     return
                 ticket = self._queue.popleft()
+                slot, cached = self._place(ticket.prompt)
+                generation = Generation(self.engine, ticket.prompt, ticket.config, slot)
+                self._active[slot] = (ticket, generation)
             if ticket.cancelled.is_set():  # gone before it started
-                ticket.on_event(Finished(GenerationResult([], "", "length"), 0, True))
+                self._end(slot, cancelled=True)
                 continue
-            slot, cached = self._place(ticket.prompt)
-            generation = Generation(self.engine, ticket.prompt, ticket.config, slot)
-            self._active[slot] = (ticket, generation)
             self._guard(slot, lambda g=generation, c=cached: self.engine.begin(g, c))
 
     def _place(self, prompt: list[int]) -> tuple[int, int]:
