@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adaspec import GenerationConfig, load, load_backend
+from adaspec import Generation, GenerationConfig, load, load_backend
 from adaspec.api import encode_prompt
 from adaspec.backends import BACKENDS
-from adaspec.models import NAMED_MODELS, model_path
+from adaspec.models import DEFAULT_TARGET, NAMED_MODELS, model_path
 
 pytestmark = pytest.mark.integration
 DRAFT = "qwen2.5-coder-0.5b"
@@ -185,3 +185,24 @@ def test_llama_cpp_tree_rows_and_commit_match_one_token_decoding(accepted):
         assert torch.equal(rows[node], one_by_one(tree.path_tokens(node))[-1]), node
     want = one_by_one([*tree.path_tokens(accepted), 100])[-1]
     assert torch.equal(after_commit, want)
+
+
+@needs_llama
+@pytest.mark.parametrize(("target", "drafter"), [(DEFAULT_TARGET, "none"), (DRAFT, "ngram")])
+def test_llama_cpp_requests_in_flight_decode_as_each_alone(target, drafter):
+    """Four requests whose steps share llama_decodes (a sequence and a KV stream each,
+    at most 7 tokens a decode) return the ids each returns alone, one joining late."""
+    engine = load(target, drafter=drafter, policy="fixed", backend="llama.cpp", slots=4)
+    prompts = [*PROMPTS, "Explain what a hash map is in two sentences."]
+    config = GenerationConfig(max_new_tokens=24)
+    ids = [encode_prompt(engine.target.tokenizer, text, chat=True) for text in prompts]
+    alone = [engine.generate(prompt, config).token_ids for prompt in ids]
+    gens = [Generation(engine, prompt, config, slot) for slot, prompt in enumerate(ids)]
+    for gen in gens[:3]:
+        engine.begin(gen)
+    engine.step_all(gens[:3])
+    engine.begin(gens[3])
+    while active := [gen for gen in gens if not gen.done]:
+        engine.step_all(active)
+    assert [gen.token_ids for gen in gens] == alone
+    assert any(s.batch_rows and s.batch_rows > s.positions for s in gens[0].stats.steps)
