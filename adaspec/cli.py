@@ -233,6 +233,13 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on (0: a free one).")] = 8000,
     parallel: Annotated[int, typer.Option(help="Requests run at once (slots).")] = 1,
+    prefix_reuse: Annotated[
+        bool,
+        typer.Option(
+            help="Skip prefilling the prefix a free slot's cache holds (a chat's history); "
+            "off: every request starts cold, its greedy ids independent of earlier ones."
+        ),
+    ] = True,
     max_queue: Annotated[
         int, typer.Option(help="Requests waiting for a slot before 429 answers.")
     ] = 64,
@@ -269,6 +276,7 @@ def serve(
         host=host,
         port=port,
         parallel=parallel,
+        prefix_reuse=prefix_reuse,
         max_queue=max_queue,
         api_keys=tuple(api_key or ()),
     )

@@ -15,9 +15,11 @@ from adaspec.drafters.auto import AutoDrafter
 from adaspec.drafters.base import DrafterSet
 from adaspec.drafters.ngram import match_confidence
 from adaspec.engine import Engine, ask_drafters
+from adaspec.policies.acceptance import Acceptance, Calibration
 from adaspec.policies.arm_choice import ArmChoice
-from adaspec.policies.estimates import Acceptance, Calibration, DraftCost, Ewma, VerifyCost
-from adaspec.policies.goodput import GoodputPolicy, best_length, best_prefix, expected_tokens
+from adaspec.policies.estimates import DraftCost, Ewma, VerifyCost
+from adaspec.policies.goodput import GoodputPolicy
+from adaspec.policies.rates import best_length, best_prefix, expected_tokens
 from adaspec.profile import CostProfile
 from adaspec.state import DecodeState
 from adaspec.stats import StepOutcome

@@ -11,14 +11,16 @@ speculation happens only when it is nearly certain to be accepted.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from adaspec.backends.base import Backend
 from adaspec.budget import Budget
+from adaspec.policies.acceptance import Acceptance, Calibration
 from adaspec.policies.base import POLICIES, PolicyDefaults, check_k
-from adaspec.policies.estimates import Acceptance, Calibration, DraftCost, Ewma, VerifyCost
+from adaspec.policies.estimates import DraftCost, Ewma, VerifyCost
+from adaspec.policies.rates import best_length, best_prefix, best_prefix_and_rate, expected_tokens
 from adaspec.profile import CostProfile, machine_profile, saved_profile
 from adaspec.state import DecodeState
 from adaspec.stats import StepOutcome
@@ -41,59 +43,6 @@ BASELINE = 2
 # gains a few percent on prose, a bet that looks 5% better loses as often as it wins, and
 # pays its set-up either way. A free drafter needs no margin: trim() judges its tokens.
 DOUBT = 1.1
-
-
-def expected_tokens(acceptance: float, k: int) -> float:
-    """Tokens one step yields with k drafted, each accepted with this probability in turn
-    (the step always yields the target's own next token too): 1 + a + ... + a^k."""
-    if acceptance >= 1.0:
-        return k + 1.0
-    return (1.0 - acceptance ** (k + 1)) / (1.0 - acceptance)
-
-
-def best_length(
-    acceptance: float,
-    verify_ms: Callable[[int], float],
-    draft_ms: float,
-    k_max: int,
-    k_min: int = 0,
-) -> int:
-    """The k in k_min..k_max with the most expected tokens per millisecond."""
-    return max(
-        range(k_min, k_max + 1),
-        key=lambda k: expected_tokens(acceptance, k) / (verify_ms(k + 1) + draft_ms * k),
-    )
-
-
-def best_prefix(
-    probs: Sequence[float],
-    verify_ms: Callable[[int], float],
-    spent_ms: float,
-    parents: Sequence[int] | None = None,
-) -> int:
-    """How many drafted nodes to verify, given each one's acceptance probability given its
-    parent's: the prefix with the most expected tokens per millisecond of this step."""
-    return _best_prefix_and_rate(probs, verify_ms, spent_ms, parents)[0]
-
-
-def _best_prefix_and_rate(
-    probs: Sequence[float],
-    verify_ms: Callable[[int], float],
-    spent_ms: float,
-    parents: Sequence[int] | None = None,
-) -> tuple[int, float]:
-    """Expected tokens of the first i nodes: 1 (the target's own) plus, per node, the
-    chance that its whole root path is accepted; a chain when ``parents`` is None."""
-    best, best_rate, expected = 0, 1.0 / (verify_ms(1) + spent_ms), 1.0
-    alive: list[float] = []  # [i] P(node's root path accepted)
-    for i, p in enumerate(probs):
-        parent = i - 1 if parents is None else parents[i]
-        alive.append(p * (alive[parent] if parent >= 0 else 1.0))
-        expected += alive[i]
-        rate = expected / (verify_ms(i + 2) + spent_ms)
-        if rate > best_rate:
-            best, best_rate = i + 1, rate
-    return best, best_rate
 
 
 @POLICIES.register("goodput")
@@ -169,7 +118,7 @@ class GoodputPolicy(PolicyDefaults):
         """Expected tokens per millisecond of verifying what trim() would keep of a draft
         in hand (its drafting is spent: a plain step is worth 1 / a one-token step)."""
         probs = self._probabilities(draft)
-        return _best_prefix_and_rate(probs, self._step_ms, 0.0, draft.parents)[1]
+        return best_prefix_and_rate(probs, self._step_ms, 0.0, draft.parents)[1]
 
     def observe(self, outcome: StepOutcome) -> None:
         self.generated += outcome.emitted

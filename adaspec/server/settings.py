@@ -15,6 +15,7 @@ class ServerSettings:
     port: int = 8000
     parallel: int = 1  # requests run at once (slots)
     max_queue: int = 64  # requests waiting for a slot before 429
+    prefix_reuse: bool = True  # a prompt skips the prefix a free slot's cache holds
     api_keys: tuple[str, ...] = ()  # empty: /v1 is open
     max_body_bytes: int = 8 * 2**20  # a prompt that fills a long context is well under this
     drain_timeout_s: float = 60.0  # at shutdown, most time left to requests still running

@@ -34,7 +34,9 @@ class ServerState:
         if self.engine.target.tokenizer is None:
             raise ConfigError("the server takes text: load a model that has a tokenizer")
         settings = self.settings
-        self.scheduler = Scheduler(self.engine, settings.parallel, settings.max_queue)
+        self.scheduler = Scheduler(
+            self.engine, settings.parallel, settings.max_queue, settings.prefix_reuse
+        )
         self.metrics = Metrics(
             busy=lambda: self.scheduler.busy_slots,
             queued=lambda: self.scheduler.queue_depth,
