@@ -95,3 +95,29 @@ def test_a_tree_forward_scores_each_node_after_its_own_path():
     fresh.prefill([*committed, 7])
     for got, want in zip(cache_tensors(b), cache_tensors(fresh), strict=True):
         assert torch.allclose(got, want, atol=1e-9)
+
+
+def test_slots_scored_together_equal_each_slot_alone():
+    """Three slots of different lengths, a chain, a tree and one token, in one flat
+    forward: each slot's rows and, after its commit, its cache equal the same steps taken
+    slot by slot on a backend of one slot each."""
+    model = tiny_model(seed=0)
+    together = torch_hf.TorchBackend(model, slots=3)
+    prompts = [[5, 6, 7, 8, 9], [11, 12], [20, 21, 22, 23]]
+    steps = [
+        ([30, 31, 32], None, [0, 1]),
+        ([40, 41, 42, 43], (-1, 0, -1, 2), [2, 3]),
+        ([50], None, []),
+    ]
+    apart = [backend(model) for _ in prompts]
+    for slot, prompt in enumerate(prompts):
+        together.slot(slot).prefill(prompt)
+        apart[slot].prefill(prompt)
+    rows = together.forward_slots([(slot, t, p) for slot, (t, p, _) in enumerate(steps)])
+    for slot, (tokens, parents, path) in enumerate(steps):
+        alone = apart[slot].forward(tokens, parents)
+        assert torch.allclose(rows[slot], alone, atol=1e-10)
+        together.slot(slot).commit(path)
+        apart[slot].commit(path)
+        got, want = cache_tensors(together.slot(slot)), cache_tensors(apart[slot])
+        assert all(torch.allclose(g, w, atol=1e-10) for g, w in zip(got, want, strict=True))

@@ -59,9 +59,8 @@ class HFTokenizer:
 @BACKENDS.register("torch")
 class TorchBackend:
     """One causal LM with a DynamicCache per slot that grows by ``forward`` and shrinks by
-    ``rollback``. This object is slot 0; ``slot(i)`` is the same model on cache i. Slots'
-    rows are scored one slot at a time (docs/serving.md): each then rounds exactly as it
-    would alone."""
+    ``rollback``. This object is slot 0; ``slot(i)`` is the same model on cache i. Several
+    slots' rows are scored in one forward (``forward_slots``; docs/serving.md)."""
 
     name = "torch"
 
@@ -99,8 +98,38 @@ class TorchBackend:
             self._views[index] = view
         return view
 
+    @torch.inference_mode()
     def forward_slots(self, rows: Sequence[SlotRows]) -> list[torch.Tensor]:
-        return [self.slot(slot).forward(tokens, parents) for slot, tokens, parents in rows]
+        """Several slots' rows in one forward over one flat cache: the slots' cached keys
+        and values side by side, each row attending to its own slot's and to its own
+        ancestors only (a 4-D mask), positioned by its slot's length and its depth. The
+        weights are read once for every request's rows; the new keys and values go back to
+        each slot's cache."""
+        if len(rows) == 1:
+            slot, tokens, parents = rows[0]
+            return [self.slot(slot).forward(tokens, parents)]
+        views = [self.slot(slot) for slot, _, _ in rows]
+        trees = [TokenTree.of(tokens, parents) for _, tokens, parents in rows]
+        pasts = [view.length for view in views]
+        flat = _flat_cache(self.model.config, [view._cache for view in views])
+        mask, positions = _slots_mask(trees, pasts, next(self.model.parameters()).dtype)
+        ids = [token for tree in trees for token in tree.tokens]
+        out = self.model(
+            input_ids=torch.tensor([ids], dtype=torch.long, device=self.device),
+            attention_mask=mask[None, None].to(self.device),  # [1, 1, rows, past + rows]
+            position_ids=positions[None].to(self.device),  # [1, rows]
+            cache=flat,
+            use_cache=True,
+        )
+        sizes = [len(tree) for tree in trees]
+        for index, layer in enumerate(flat.layers):
+            keys = layer.keys[..., sum(pasts) :, :].split(sizes, dim=-2)  # [1, heads, n, dim]
+            values = layer.values[..., sum(pasts) :, :].split(sizes, dim=-2)
+            for view, key, value in zip(views, keys, values, strict=True):
+                view._cache.update(key, value, index)
+        for view, tree, past in zip(views, trees, pasts, strict=True):
+            view._pending = PendingNodes.of(past, tree.tokens, tree.parents)
+        return list(out.logits[0].split(sizes))  # [n, vocab] each
 
     @classmethod
     def load(
@@ -229,6 +258,35 @@ class TorchBackend:
             logits_to_keep=logits_to_keep,
             **options,
         )
+
+
+def _flat_cache(config, caches: Sequence[DynamicCache]) -> DynamicCache:
+    """One cache holding every given cache's keys and values, one after the other."""
+    flat = DynamicCache(config=config)
+    for index, layers in enumerate(zip(*(cache.layers for cache in caches), strict=True)):
+        keys = torch.cat([layer.keys for layer in layers], dim=-2)  # [1, heads, past, dim]
+        values = torch.cat([layer.values for layer in layers], dim=-2)
+        flat.update(keys, values, index)
+    return flat
+
+
+def _slots_mask(
+    trees: Sequence[TokenTree], pasts: Sequence[int], dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The additive mask [rows, past + rows] and positions [rows] of several slots' nodes
+    over their flat cache: a row sees its own slot's cached text and its own ancestors."""
+    past, rows = sum(pasts), sum(len(tree) for tree in trees)
+    seen = torch.zeros(rows, past + rows, dtype=torch.bool)
+    positions: list[int] = []
+    column = row = 0
+    for tree, length in zip(trees, pasts, strict=True):
+        n = len(tree)
+        seen[row : row + n, column : column + length] = True
+        seen[row : row + n, past + row : past + row + n] = tree.ancestor_mask()
+        positions += [length + depth - 1 for depth in tree.depths]
+        column, row = column + length, row + n
+    mask = torch.zeros(seen.shape, dtype=dtype).masked_fill(~seen, torch.finfo(dtype).min)
+    return mask, torch.tensor(positions)
 
 
 def _detach_from_file(model: PreTrainedModel) -> None:
