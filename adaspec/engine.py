@@ -65,9 +65,8 @@ class Generation:
         self.stats = GenerationStats(prompt_tokens=len(self.prompt))
         self.cached_tokens = 0  # leading prompt tokens the slot held already: not prefilled
         self.done = False
-        self.state: DecodeState | None = None  # set by Engine.begin
-        self.policy: Policy | None = None
-        self.drafters: DrafterSet | None = None
+        self.running: Running | None = None  # set by Engine.begin, cleared by Engine.end
+        self.state: DecodeState | None = None  # kept after the end: the committed text
         self._started = 0.0
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -89,6 +88,19 @@ class Generation:
         tokenizer = self.engine.target.tokenizer
         text = tokenizer.decode(self.token_ids) if tokenizer is not None else ""
         return GenerationResult(self.token_ids, text, self.finish_reason, self.stats)
+
+
+@dataclass(frozen=True)
+class Running:
+    """What a request holds from its begin to its end: its decoding state and its own
+    policy and drafters."""
+
+    state: DecodeState
+    policy: Policy
+    drafters: DrafterSet
+
+    def parts(self) -> tuple[DecodeState, Policy, DrafterSet]:
+        return self.state, self.policy, self.drafters
 
 
 @dataclass
@@ -187,24 +199,20 @@ class Engine:
             target.reset()
         state.next_logits = target.score_prompt(state.tokens[cached:])
         gen.state, gen.cached_tokens = state, max(cached, 0)
-        gen.drafters = self.drafters.open(state)
-        gen.policy = self.policy.open(state, gen.drafters.shares)
+        drafters = self.drafters.open(state)
+        gen.running = Running(state, self.policy.open(state, drafters.shares), drafters)
         gen.stats.prefill_s = self.clock() - gen._started
 
     def end(self, gen: Generation) -> None:
         """The request is over (finished or cancelled): its slot's cache keeps only its
         committed text, and the policy keeps what the request taught it."""
-        if gen.done and gen.policy is None:
-            return  # ended already
-        gen.done = True
-        if gen.state is None:
-            return  # never began: its slot was not touched
+        gen.done, running, gen.running = True, gen.running, None
+        if running is None:
+            return  # never began (its slot untouched), or ended already
         gen.stats.wall_s = self.clock() - gen._started
         target = slot_of(self.target, gen.slot)
-        target.rollback(min(target.length, len(gen.state.tokens)))
-        if gen.policy is not None:
-            gen.policy.finish()
-            gen.policy = None
+        target.rollback(min(target.length, len(running.state.tokens)))
+        running.policy.finish()
 
     def step_all(self, gens: Sequence[Generation]) -> list[list[int]]:
         """One step of every request: each drafts, one target pass scores every draft
@@ -222,11 +230,11 @@ class Engine:
 
     def _plan(self, gen: Generation) -> _Planned:
         """The request's budget, its drafters' proposal and what of it to verify."""
-        state, policy = _started(gen)
+        state, policy, drafters = _running(gen).parts()
         room = gen.config.max_new_tokens - state.generated - 1  # the step adds one itself
         budget = policy.budget(state).capped(room)
         t0 = self.clock()
-        proposal = ask_drafters(gen.drafters.arms, state, budget, policy)  # type: ignore[union-attr]
+        proposal = ask_drafters(drafters.arms, state, budget, policy)
         draft = proposal.prefix(self._to_verify(policy, proposal))
         return _Planned(draft, proposal, state.next_logits is not None, t0, self.clock() - t0)
 
@@ -246,15 +254,15 @@ class Engine:
         for gen, plan in zip(gens, plans, strict=True):
             tree = plan.draft.tree
             if not plan.prescored:
-                rooted = tree.rooted(gen.state.tokens[-1])  # type: ignore[union-attr]
+                rooted = tree.rooted(_running(gen).state.tokens[-1])
                 fed.append((gen.slot, rooted.tokens, rooted.parents))
             elif tree:
                 fed.append((gen.slot, tree.tokens, tree.parents))
         scored = iter(forward_slots(self.target, fed) if fed else [])
         rows = []
         for gen, plan in zip(gens, plans, strict=True):
-            state = gen.state
-            first, state.next_logits = state.next_logits, None  # type: ignore[union-attr]
+            state = _running(gen).state
+            first, state.next_logits = state.next_logits, None
             if first is None:
                 rows.append(next(scored))
             elif plan.draft.tree:
@@ -272,7 +280,7 @@ class Engine:
         batch_rows: int,
     ) -> list[int]:
         """Verify the request's draft, commit the accepted path, learn from the step."""
-        state, policy = _started(gen)
+        state, policy, drafters = _running(gen).parts()
         started, draft, tree = self.clock(), plan.draft, plan.draft.tree
         verdict = verify_tree(logits, tree, draft.probs, state.sampling, state.generator)
         self._commit(gen.slot, plan.prescored, bool(tree), verdict.path)
@@ -281,7 +289,7 @@ class Engine:
             logits,
             state.tokens,
             tree,
-            max(gen.drafters.row_top_k, self.record_rows),  # type: ignore[union-attr]
+            max(drafters.row_top_k, self.record_rows),
         )
         state.tokens.extend(new)
         outcome = StepOutcome(
@@ -301,7 +309,7 @@ class Engine:
             batch_rows=batch_rows,
         )
         policy.observe(outcome)
-        gen.drafters.observe(outcome)  # type: ignore[union-attr]
+        drafters.observe(outcome)
         gen.stats.record(outcome)
         gen.token_ids.extend(new)
         if gen.config.stop_at_eos and new[-1] in self.target.eos_token_ids:
@@ -320,10 +328,10 @@ class Engine:
             target.commit(path)
 
 
-def _started(gen: Generation) -> tuple[DecodeState, Policy]:
-    if gen.state is None or gen.policy is None:
+def _running(gen: Generation) -> Running:
+    if gen.running is None:
         raise RuntimeError("Engine.begin(generation) must run before its steps")
-    return gen.state, gen.policy
+    return gen.running
 
 
 def _fed_rows(plan: _Planned) -> int:
