@@ -19,11 +19,23 @@ from adaspec import __version__, models
 from adaspec.api import encode_prompt
 from adaspec.bench.harness import DEFAULT_METHODS
 from adaspec.build import EngineSpec, build_engine
+from adaspec.cli_options import (
+    Backend,
+    Context,
+    Device,
+    Draft,
+    DraftBackend,
+    Drafter,
+    Dtype,
+    K,
+    Policy,
+    Target,
+    Threads,
+)
 from adaspec.config import GenerationConfig, SamplingParams
-from adaspec.drafters import DRAFTERS
 from adaspec.engine import Engine
 from adaspec.errors import AdaspecError, ConfigError
-from adaspec.policies import POLICIES
+from adaspec.server.command import serve
 from adaspec.textstream import TextStream
 
 app = typer.Typer(
@@ -35,18 +47,6 @@ models_app = typer.Typer(help="Pull and list the named models.", no_args_is_help
 app.add_typer(models_app, name="models")
 err = Console(stderr=True)
 F = TypeVar("F", bound=Callable)
-
-
-# Options several commands share, defined once so their help cannot drift apart.
-Threads = Annotated[int | None, typer.Option(help="CPU threads, at least 1 (default: all cores).")]
-Context = Annotated[
-    int | None,
-    typer.Option(help="Tokens of context to reserve (default: what fits, up to the model's)."),
-]
-Device = Annotated[str | None, typer.Option(help="torch device (default: cuda if present).")]
-Dtype = Annotated[
-    str | None, typer.Option(help="torch dtype: float32 (default) | bfloat16 | float16.")
-]
 
 
 def user_errors(command: F) -> F:
@@ -116,45 +116,13 @@ def main(
 @user_errors
 def generate(
     prompt: Annotated[str, typer.Argument(help="The prompt text ('-' reads stdin).")],
-    target: Annotated[str, typer.Option(help="Target model: name, .gguf file or HF folder.")] = (
-        models.DEFAULT_TARGET
-    ),
-    draft: Annotated[
-        str | None,
-        typer.Option(
-            help="Draft model, for --drafter auto (one arm) or model; with the default target: "
-            "qwen2.5-coder-0.5b. `none`: draft without a model."
-        ),
-    ] = None,
-    backend: Annotated[
-        str,
-        typer.Option(help="auto (llama.cpp for GGUF, torch for HF folders) | llama.cpp | torch"),
-    ] = "auto",
-    draft_backend: Annotated[
-        str | None, typer.Option(help="Backend of the draft model (default: as --backend).")
-    ] = None,
-    drafter: Annotated[
-        str,
-        typer.Option(
-            help=f"{' | '.join(DRAFTERS.names())}. auto: asks the model-free drafters "
-            "(ngram, recycling, aded) and the draft model's (model, model-tree) where it pays."
-        ),
-    ] = "auto",
-    policy: Annotated[
-        str,
-        typer.Option(
-            help=f"{' | '.join(POLICIES.names())}. goodput: speculate only as much as pays on "
-            "this machine."
-        ),
-    ] = "goodput",
-    k: Annotated[
-        int | None,
-        typer.Option(
-            "--k",
-            help="Draft length: most per step for goodput and confidence (8), initial for "
-            "heuristic (4), exact for fixed (4).",
-        ),
-    ] = None,
+    target: Target = models.DEFAULT_TARGET,
+    draft: Draft = None,
+    backend: Backend = "auto",
+    draft_backend: DraftBackend = None,
+    drafter: Drafter = "auto",
+    policy: Policy = "goodput",
+    k: K = None,
     max_new_tokens: Annotated[int, typer.Option(help="Most tokens to generate.")] = 256,
     temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
     top_k: Annotated[int, typer.Option(help="0 = off.")] = 0,
@@ -212,84 +180,7 @@ def _stream(engine: Engine, ids: list[int], config: GenerationConfig) -> None:
     )
 
 
-@app.command()
-@user_errors
-def serve(
-    target: Annotated[str, typer.Option(help="Target model: name, .gguf file or HF folder.")] = (
-        models.DEFAULT_TARGET
-    ),
-    draft: Annotated[
-        str | None, typer.Option(help="Draft model (as for generate); `none`: no model.")
-    ] = None,
-    backend: Annotated[str, typer.Option(help="auto | llama.cpp | torch")] = "auto",
-    draft_backend: Annotated[
-        str | None, typer.Option(help="Backend of the draft model (default: as --backend).")
-    ] = None,
-    drafter: Annotated[str, typer.Option(help=f"{' | '.join(DRAFTERS.names())}")] = "auto",
-    policy: Annotated[str, typer.Option(help=f"{' | '.join(POLICIES.names())}")] = "goodput",
-    k: Annotated[int | None, typer.Option("--k", help="Draft length knob (as for generate).")] = (
-        None
-    ),
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on (0: a free one).")] = 8000,
-    parallel: Annotated[int, typer.Option(help="Requests run at once (slots).")] = 1,
-    prefix_reuse: Annotated[
-        bool,
-        typer.Option(
-            help="Skip prefilling the prefix a free slot's cache holds (a chat's history); "
-            "off: every request starts cold, its greedy ids independent of earlier ones."
-        ),
-    ] = True,
-    max_queue: Annotated[
-        int, typer.Option(help="Requests waiting for a slot before 429 answers.")
-    ] = 64,
-    api_key: Annotated[
-        list[str] | None,
-        typer.Option(help="Require this key on /v1 (Bearer or X-Api-Key); repeat for several."),
-    ] = None,
-    device: Device = None,
-    dtype: Dtype = None,
-    threads: Threads = None,
-    context: Context = None,
-) -> None:
-    """Serve the model over an OpenAI-compatible HTTP API until SIGTERM or Ctrl-C."""
-    from adaspec.server.launch import bind, load_engine
-    from adaspec.server.launch import serve as run_server
-    from adaspec.server.settings import ServerSettings
-
-    spec = EngineSpec(
-        target=target,
-        draft=draft,
-        drafter=drafter,
-        policy=policy,
-        k=k,
-        backend=backend,
-        draft_backend=draft_backend,
-        device=device,
-        dtype=dtype,
-        threads=threads,
-        context=context,
-        slots=parallel,
-    )
-    settings = ServerSettings(
-        model_id=target,
-        host=host,
-        port=port,
-        parallel=parallel,
-        prefix_reuse=prefix_reuse,
-        max_queue=max_queue,
-        api_keys=tuple(api_key or ()),
-    )
-    sock = bind(host, port)  # a port in use fails now, not after the load
-    with err.status(f"loading {target}" + (f" and {draft}" if draft else "")):
-        engine = load_engine(spec)
-    err.print(f"warming up {target}", highlight=False)
-    run_server(
-        engine,
-        settings,
-        announce=lambda url: typer.echo(f"adaspec: serving {target} at {url}/v1"),
-        sock=sock,
-    )
+app.command("serve")(user_errors(serve))
 
 
 def _int_list(text: str) -> list[int]:
