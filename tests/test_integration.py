@@ -206,3 +206,22 @@ def test_llama_cpp_requests_in_flight_decode_as_each_alone(target, drafter):
         engine.step_all(active)
     assert [gen.token_ids for gen in gens] == alone
     assert any(s.batch_rows and s.batch_rows > s.positions for s in gens[0].stats.steps)
+
+
+@needs_llama
+def test_llama_cpp_a_reused_prompt_prefix_scores_as_a_cold_prefill():
+    """A prompt prefilled in pieces of 8 tokens or more caches the same keys and values
+    however it is split, so a slot may reuse an earlier prompt's prefix exactly as long as
+    at least 8 tokens are left to prefill (the scheduler's rule)."""
+    from adaspec.backends.llama_cpp import PREFILL_INVARIANT, even_pieces
+
+    backend = load_backend(DRAFT, "llama.cpp")
+    prompt = encode_prompt(backend.tokenizer, " ".join(PROMPTS * 4), chat=True)
+    assert all(end - start >= PREFILL_INVARIANT for start, end in even_pieces(515, 512))
+    backend.reset()
+    cold = backend.score_prompt(prompt).clone()
+    for reused in (1, 8, 40, len(prompt) - 20, len(prompt) - PREFILL_INVARIANT):
+        backend.reset()
+        backend.score_prompt([*prompt[:-1], 7])  # an earlier request's prompt, then reuse
+        backend.rollback(reused)
+        assert torch.equal(backend.score_prompt(prompt[reused:]), cold), reused

@@ -157,22 +157,38 @@ def test_a_full_queue_refuses_more():
         scheduler.submit([1, 2], GenerationConfig(max_new_tokens=2), lambda e: None)
 
 
-def test_a_prompt_extending_a_slots_text_skips_that_prefill(target, expected):
-    """A second turn resending the first turn and its answer runs in the slot that holds
-    them, prefills only what is new, and (fp64 tiny models: no near-ties) decodes as a
-    cold start would."""
+def test_a_prompt_extending_an_earlier_prompt_skips_that_prefill(target, monkeypatch):
+    """A second turn resending the first turn's prompt runs in the slot that holds it and
+    prefills only the rest, leaving as many tokens to prefill as the backend's exact reuse
+    asks (here 4: fp64 tiny models round alike at any split); the first turn's answer,
+    decoded a few tokens at a time, is not reused."""
+    monkeypatch.setattr(type(target), "prefill_invariant_from", 4)
     engine = build_engine(EngineSpec(drafter="ngram", policy="fixed"), target, None)
     scheduler = Scheduler(engine, parallel=2)
     scheduler.start()
     try:
-        first = collect(scheduler, JOBS[1:2])[0][-1]
-        turn = [*JOBS[1][0], *first.result.token_ids, 60, 61, 62]
+        first = collect(scheduler, JOBS[:1])[0][-1]
+        turn = [*JOBS[0][0], *first.result.token_ids, 60, 61, 62]
         second = collect(scheduler, [(turn, 10)])[0][-1]
+        short = collect(scheduler, [(JOBS[0][0][:6], 5)])[0][-1]
     finally:
         scheduler.shutdown(30)
     assert first.cached_tokens == 0
-    assert second.cached_tokens == len(JOBS[1][0]) + len(first.result.token_ids) - 1
+    assert second.cached_tokens == len(JOBS[0][0])
     assert second.result.token_ids == argmax_loop(target.model, turn, 10)
+    assert short.cached_tokens == 6 - 4  # room left for 4 tokens to prefill
+
+
+def test_a_backend_whose_prefill_rounds_by_split_reuses_nothing(target):
+    engine = build_engine(EngineSpec(drafter="none", policy="fixed"), target, None)
+    scheduler = Scheduler(engine, parallel=1)
+    scheduler.start()
+    try:
+        first = collect(scheduler, JOBS[:1])[0][-1]
+        again = collect(scheduler, JOBS[:1])[0][-1]
+    finally:
+        scheduler.shutdown(30)
+    assert again.cached_tokens == 0 and again.result.token_ids == first.result.token_ids
 
 
 def test_shutdown_finishes_the_requests_in_flight(target, expected):

@@ -41,6 +41,10 @@ class Backend(Protocol):
     label: str  # what the user loaded (path or model name), for messages and reports
     tokenizer: Tokenizer | None  # None for bare models built in tests
     threads: int  # CPU threads it computes with (part of a cost profile's key)
+    # A prompt prefilled in pieces of at least this many tokens caches the same keys and
+    # values however it is split, so a cached prompt prefix can be reused exactly as long
+    # as as many tokens are left to prefill; None: a split changes the rounding.
+    prefill_invariant_from: int | None
 
     @property
     def vocab_size(self) -> int:

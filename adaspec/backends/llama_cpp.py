@@ -31,6 +31,19 @@ from adaspec.tree import PendingNodes, TokenTree, common_prefix, is_chain
 # differently. Verification forwards are split into batches of at most this size, which
 # costs little on a CPU, where a forward's cost grows almost linearly with its tokens.
 EXACT_BATCH = 7
+# Batches of this many tokens or more take the other kernel, whose rows round alike at any
+# batch size: a prompt prefilled in such pieces, however split, caches the same keys and
+# values bit for bit (tests/test_integration.py), so a slot's cached prompt can be reused.
+PREFILL_INVARIANT = EXACT_BATCH + 1
+
+
+def even_pieces(n: int, most: int) -> list[tuple[int, int]]:
+    """[start, end) of the fewest pieces of at most ``most`` tokens covering n, of equal
+    size (within one): none is smaller than half of ``most`` when there are several, so a
+    prompt of PREFILL_INVARIANT tokens or more never ends in a small piece."""
+    count = max(1, -(-n // most))
+    ends = [n * (i + 1) // count for i in range(count)]
+    return list(zip([0, *ends[:-1]], ends, strict=True))
 
 
 def batch_invariant_build() -> bool:
@@ -152,6 +165,7 @@ class LlamaCppBackend:
     slot 0; ``slot(i)`` is the same model and context on sequence i."""
 
     name = "llama.cpp"
+    prefill_invariant_from: int | None = PREFILL_INVARIANT
 
     def __init__(
         self,
@@ -266,14 +280,17 @@ class LlamaCppBackend:
         self._length = 0
 
     def prefill(self, tokens: Sequence[int]) -> None:
-        for start in range(0, len(tokens), self._n_batch):
-            piece = tokens[start : start + self._n_batch]
-            self._decode(piece, scored_from=len(piece))
+        for start, end in even_pieces(len(tokens), self._n_batch):
+            self._decode(tokens[start:end], scored_from=end - start)
 
     def score_prompt(self, tokens: Sequence[int]) -> torch.Tensor:
-        last = (len(tokens) - 1) // self._n_batch * self._n_batch  # start of the last piece
-        self.prefill(tokens[:last])
-        self._decode(tokens[last:], scored_from=len(tokens) - last - 1)
+        """Decoded in pieces of equal size (none under PREFILL_INVARIANT tokens where the
+        prompt has that many), the last one scoring its last row."""
+        pieces = even_pieces(len(tokens), self._n_batch)
+        for start, end in pieces[:-1]:
+            self._decode(tokens[start:end], scored_from=end - start)
+        start, end = pieces[-1]
+        self._decode(tokens[start:end], scored_from=end - start - 1)
         return torch.from_numpy(self._logits(1)[0].copy())  # [vocab], outlives the buffer
 
     def forward(self, tokens: Sequence[int], parents: Sequence[int] | None = None) -> torch.Tensor:

@@ -63,6 +63,7 @@ class TorchBackend:
     slots' rows are scored in one forward (``forward_slots``; docs/serving.md)."""
 
     name = "torch"
+    prefill_invariant_from: int | None = None  # fp32 matmul rounds by the rows in a batch
 
     def __init__(
         self,

@@ -15,7 +15,6 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from adaspec.backends.base import slot_of
 from adaspec.config import GenerationConfig
 from adaspec.engine import Engine, Generation, GenerationResult
 from adaspec.errors import AdaspecError, ConfigError
@@ -84,10 +83,10 @@ class Scheduler:
 
     ``prefix_reuse``: a request goes to the free slot whose cache shares the longest
     prefix with its prompt, and skips prefilling that prefix (a multi-turn chat resending
-    its history), as llama.cpp's ``cache_prompt`` and vLLM's prefix caching do. Its keys
-    and values were computed in other passes than a cold prefill's, so its ids may differ
-    at a near-tie from those of a cold start (docs/serving.md); off, every request starts
-    cold and its greedy ids never depend on what ran before or beside it."""
+    its history), as llama.cpp's ``cache_prompt`` and vLLM's prefix caching do, but only
+    where the keys and values reused are bit for bit those a cold prefill computes (an
+    earlier prompt on llama.cpp, docs/serving.md): a request's greedy ids never depend on
+    what ran before or beside it."""
 
     def __init__(
         self, engine: Engine, parallel: int = 1, max_queue: int = 64, prefix_reuse: bool = True
@@ -178,13 +177,23 @@ class Scheduler:
 
     def _place(self, prompt: list[int]) -> tuple[int, int]:
         """The free slot to run a prompt in, and how many of its tokens that slot's cache
-        holds already (0 without prefix reuse)."""
+        holds already, reusable exactly (0 without prefix reuse)."""
         free = [slot for slot in range(self.parallel) if slot not in self._active]
-        if not self.prefix_reuse:
+        least = self._exact_reuse_from()
+        if least is None:
             return free[0], 0
-        shared = {slot: common_prefix(self._held.get(slot, []), prompt) for slot in free}
+        room = len(prompt) - least  # the rest must be prefilled in pieces as large
+        shared = {s: min(common_prefix(self._held.get(s, []), prompt), room) for s in free}
         slot = max(free, key=lambda s: (shared[s], -s))
-        return slot, shared[slot]
+        return slot, max(shared[slot], 0)
+
+    def _exact_reuse_from(self) -> int | None:
+        """How many prompt tokens must be left to prefill for a reused prefix to give what
+        a cold prefill gives bit for bit (the backend's ``prefill_invariant_from``); None:
+        no reuse."""
+        if not self.prefix_reuse:
+            return None
+        return getattr(self.engine.target, "prefill_invariant_from", None)
 
     def _step(self) -> None:
         """One step of every active request, their drafts in one target pass; a request
@@ -206,6 +215,15 @@ class Scheduler:
             if generation.done:
                 self._end(slot)
 
+    def _reusable(self, generation: Generation) -> list[int]:
+        """What of a finished request a later prompt may reuse from its slot: its prompt,
+        prefilled in pieces that round alike however split; not its generated tokens,
+        decoded a few at a time by other kernels."""
+        least = self._exact_reuse_from()
+        if least is None or generation.state is None or len(generation.prompt) < least:
+            return []
+        return list(generation.prompt)
+
     def _guard(self, slot: int, work: Callable[[], None]) -> None:
         try:
             work()
@@ -217,9 +235,7 @@ class Scheduler:
         request's text for a later prompt that shares it."""
         ticket, generation = self._active.pop(slot)
         self.engine.end(generation)
-        state = generation.state
-        held = slot_of(self.engine.target, slot).length
-        self._held[slot] = list(state.tokens[:held]) if state is not None else []
+        self._held[slot] = self._reusable(generation) if error is None else []
         if error is not None:
             ticket.on_event(Failed(error))
         else:
