@@ -15,7 +15,7 @@ import torch
 from adaspec.bench.replay import ScriptedClock as Clock  # time passes only when charged
 from adaspec.config import SamplingParams
 from adaspec.sampling import probabilities
-from adaspec.tree import TokenTree
+from adaspec.tree import ROOT, TokenTree
 
 
 def gpu_like(n: int) -> float:
@@ -83,9 +83,17 @@ class TableBackend:
             self.clock.now += self.cost_ms(len(tokens)) / 1000
         tree = TokenTree.of(tokens, parents)
         self._start, self._tree = len(self.cache), tree
-        rows = [self.row([*self.cache, *tree.path_tokens(i)]) for i in range(len(tree))]
+        if not tree:
+            return self.table[0, 0, :0]
+        # a node's row follows its own token and its parent's (the last committed one
+        # above the first level): row() of the node's context, for every node at once
+        last = self.cache[-1] if self.cache else None
+        before = [
+            tree.tokens[parent] if parent != ROOT else (token if last is None else last)
+            for token, parent in zip(tree.tokens, tree.parents, strict=True)
+        ]
         self.cache.extend(tokens)  # positions held until commit keeps one path
-        return torch.stack(rows) if rows else self.table[0, 0, :0]  # [k, vocab]
+        return self.table[before, list(tree.tokens)]  # [k, vocab]
 
     def commit(self, path: Sequence[int]) -> None:
         del self.cache[self._start :]
@@ -131,5 +139,36 @@ def exact_joint(
         if depth == 1:
             return p
         return torch.stack([p[x] * extend([*context, x], depth - 1) for x in range(vocab)])
+
+    return extend(list(prompt), n)
+
+
+def exact_answers(
+    target: TableBackend, prompt: Sequence[int], params: SamplingParams, n: int
+) -> torch.Tensor:
+    """The target's own distribution of its first n output tokens where an EOS ends the
+    answer: [vocab + 1] * n, index ``vocab`` (ENDED) filling every position after the EOS.
+    The answers are enumerated, so n stays small (vocab ** n sequences at most)."""
+    vocab = target.vocab_size
+
+    def ended(depth: int) -> torch.Tensor:
+        out = torch.zeros((vocab + 1,) * depth, dtype=torch.float64)
+        out[(vocab,) * depth] = 1.0
+        return out
+
+    def extend(context: list[int], depth: int) -> torch.Tensor:
+        p = probabilities(target.row(context)[None], params)[0].double()  # [vocab]
+        out = torch.zeros((vocab + 1,) * depth, dtype=torch.float64)
+        for x in range(vocab):
+            if depth == 1:
+                out[x] = p[x]
+            elif p[x] > 0:
+                rest = (
+                    ended(depth - 1)
+                    if x in target.eos_token_ids
+                    else extend([*context, x], depth - 1)
+                )
+                out[x] = p[x] * rest
+        return out
 
     return extend(list(prompt), n)
