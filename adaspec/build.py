@@ -54,12 +54,7 @@ class EngineSpec:
     def __post_init__(self) -> None:
         DRAFTERS.get(self.drafter)  # an unknown name fails before any model loads
         POLICIES.get(self.policy)
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(
-                f"--threads must be at least 1, got {self.threads}; leave it out for all cores"
-            )
-        if self.slots < 1:
-            raise ConfigError(f"--parallel must be at least 1, got {self.slots}")
+        check_counts(self.threads, self.slots)
 
 
 def build_engine(
@@ -123,6 +118,16 @@ def _load_draft(spec: EngineSpec, target: Backend) -> Backend | None:
     )  # fmt: skip
 
 
+def check_counts(threads: int | None, slots: int) -> None:
+    """Refuse a thread or slot count below 1, before any model loads."""
+    if threads is not None and threads < 1:
+        raise ConfigError(
+            f"--threads must be at least 1, got {threads}; leave it out for all cores"
+        )
+    if slots < 1:
+        raise ConfigError(f"--parallel must be at least 1, got {slots}")
+
+
 def choose_backend(path: Path, requested: str) -> str:
     """``auto``: llama.cpp for GGUF files (named models are GGUF), torch for HF folders."""
     if requested != "auto":
@@ -146,12 +151,7 @@ def load_backend(
     """A backend for a named model, a ``.gguf`` file or a Hugging Face model folder;
     ``drafting``: to serve as a draft model (a backend may lay it out for one row at a time);
     ``slots``: requests it can hold at once, each with a KV cache of its own."""
-    if threads is not None and threads < 1:
-        raise ConfigError(
-            f"--threads must be at least 1, got {threads}; leave it out for all cores"
-        )
-    if slots < 1:
-        raise ConfigError(f"--parallel must be at least 1, got {slots}")
+    check_counts(threads, slots)
     path = resolve_model(model)
     backend_cls = BACKENDS.get(choose_backend(path, backend))
     return backend_cls.load(

@@ -2,8 +2,9 @@
 -> verify -> commit)*, one code path for a chain and a token tree, and for one request or
 many in flight (their drafts scored in one target pass).
 
-``Engine.stream()`` is the only implementation of the loop; ``generate()`` drains it, so the
-streaming and non-streaming paths cannot drift apart.
+``Engine.step_all()`` is the only implementation of a step; ``stream()`` runs it on a batch
+of one and ``generate()`` drains that, so streaming and non-streaming, one request and many,
+cannot drift apart.
 """
 
 from __future__ import annotations
@@ -110,7 +111,6 @@ class _Planned:
     draft: Draft  # what is verified (a prefix of what was proposed)
     proposal: Draft  # what the drafters proposed
     prescored: bool  # the prefill scored the first row: the pass runs only the draft
-    drafted_at: float
     draft_s: float
 
 
@@ -198,7 +198,7 @@ class Engine:
         else:
             target.reset()
         state.next_logits = target.score_prompt(state.tokens[cached:])
-        gen.state, gen.cached_tokens = state, max(cached, 0)
+        gen.state, gen.cached_tokens = state, cached
         drafters = self.drafters.open(state)
         gen.running = Running(state, self.policy.open(state, drafters.shares), drafters)
         gen.stats.prefill_s = self.clock() - gen._started
@@ -236,7 +236,7 @@ class Engine:
         t0 = self.clock()
         proposal = ask_drafters(drafters.arms, state, budget, policy)
         draft = proposal.prefix(self._to_verify(policy, proposal))
-        return _Planned(draft, proposal, state.next_logits is not None, t0, self.clock() - t0)
+        return _Planned(draft, proposal, state.next_logits is not None, self.clock() - t0)
 
     def _to_verify(self, policy: Policy, proposal: Draft) -> int:
         """How many drafted nodes to verify. Lossless sampling needs the choice to verify

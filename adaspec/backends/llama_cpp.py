@@ -24,7 +24,7 @@ from adaspec.backends.base import BACKENDS, SlotRows
 from adaspec.backends.context import context_size
 from adaspec.errors import ModelError
 from adaspec.models import check_gguf_file
-from adaspec.tree import PendingNodes, TokenTree, common_prefix, is_chain
+from adaspec.tree import PendingNodes, TokenTree, common_prefix
 
 # Largest batch that ggml's CPU kernels score bit-identically to one-token decoding (a build
 # without llamafile, weights not repacked); from 8 tokens on a different kernel rounds
@@ -310,17 +310,15 @@ class LlamaCppBackend:
         slots' chains share llama_decodes of at most EXACT_BATCH tokens in all (llama.cpp
         splits one into as few passes as its KV streams allow); a tree is scored on its
         own slot, path by path."""
-        if len(rows) == 1:
-            slot, tokens, parents = rows[0]
-            return [self.slot(slot).forward(tokens, parents)]
         out: list[torch.Tensor] = []
         pending: list[tuple[LlamaCppBackend, int, int, np.ndarray]] = []  # view, i, token, rows
         for slot, tokens, parents in rows:
             view = self.slot(slot)
-            if parents is not None and not is_chain(parents):
+            nodes = PendingNodes.of(view._length, tokens, parents)
+            if nodes.tree is not None:
                 out.append(view.forward(tokens, parents))
                 continue
-            view._pending = PendingNodes(view._length)
+            view._pending = nodes
             logits = np.empty((len(tokens), self._n_vocab), dtype=np.float32)  # [k, vocab]
             pending += [(view, i, token, logits) for i, token in enumerate(tokens)]
             out.append(torch.from_numpy(logits))
@@ -331,20 +329,9 @@ class LlamaCppBackend:
     def _decode_mixed(self, piece: Sequence[tuple[LlamaCppBackend, int, int, np.ndarray]]) -> None:
         """One llama_decode of chain tokens from several sequences, each scored; token i of
         a view's chain goes at the view's chain start + i."""
-        batch = self._batch
-        batch.n_tokens = len(piece)
-        for j, (view, i, token, _) in enumerate(piece):
-            batch.token[j] = token
-            batch.pos[j] = view._pending.start + i
-            batch.n_seq_id[j] = 1
-            batch.seq_id[j][0] = view._seq
-            batch.logits[j] = True
-        status = lc.llama_decode(self._ctx, batch)
-        if status != 0:
-            raise ModelError(
-                f"llama_decode failed (status {status}) on {len(piece)} tokens of several "
-                "slots: the context is full or out of memory; lower --max-new-tokens"
-            )
+        self._run_batch(
+            [(view._seq, view._pending.start + i, token, True) for view, i, token, _ in piece]
+        )
         for j, (view, i, _, logits) in enumerate(piece):
             row = lc.llama_get_logits_ith(self._ctx, j)
             logits[i] = np.ctypeslib.as_array(row, (self._n_vocab,))
@@ -418,22 +405,28 @@ class LlamaCppBackend:
             self._length = length
 
     def _decode(self, tokens: Sequence[int], scored_from: int = 0) -> None:
-        """One llama_decode; tokens from index ``scored_from`` on get a row of logits."""
+        """One llama_decode of this slot's tokens; from index ``scored_from`` on each gets
+        a row of logits."""
+        at = self._length
+        self._run_batch([(self._seq, at + i, t, i >= scored_from) for i, t in enumerate(tokens)])
+        self._length += len(tokens)
+
+    def _run_batch(self, entries: Sequence[tuple[int, int, int, bool]]) -> None:
+        """One llama_decode of (sequence, position, token, scored) entries."""
         batch = self._batch
-        batch.n_tokens = len(tokens)
-        for i, token in enumerate(tokens):
-            batch.token[i] = token
-            batch.pos[i] = self._length + i
-            batch.n_seq_id[i] = 1
-            batch.seq_id[i][0] = self._seq
-            batch.logits[i] = i >= scored_from
+        batch.n_tokens = len(entries)
+        for j, (seq, pos, token, scored) in enumerate(entries):
+            batch.token[j] = token
+            batch.pos[j] = pos
+            batch.n_seq_id[j] = 1
+            batch.seq_id[j][0] = seq
+            batch.logits[j] = scored
         status = lc.llama_decode(self._ctx, batch)
         if status != 0:
             raise ModelError(
-                f"llama_decode failed (status {status}) at position {self._length}: "
+                f"llama_decode failed (status {status}) at position {entries[0][1]}: "
                 "the context is full or out of memory; lower --max-new-tokens"
             )
-        self._length += len(tokens)
 
 
 def _model_params():

@@ -106,9 +106,6 @@ class TorchBackend:
         ancestors only (a 4-D mask), positioned by its slot's length and its depth. The
         weights are read once for every request's rows; the new keys and values go back to
         each slot's cache."""
-        if len(rows) == 1:
-            slot, tokens, parents = rows[0]
-            return [self.slot(slot).forward(tokens, parents)]
         views = [self.slot(slot) for slot, _, _ in rows]
         trees = [TokenTree.of(tokens, parents) for _, tokens, parents in rows]
         pasts = [view.length for view in views]

@@ -102,7 +102,7 @@ class Scheduler:
         self.prefix_reuse = prefix_reuse
         self._queue: deque[Ticket] = deque()
         self._active: dict[int, tuple[Ticket, Generation]] = {}  # slot -> request
-        self._held: dict[int, list[int]] = {}  # slot -> the token ids its cache holds
+        self._held: dict[int, list[int]] = {}  # slot -> the prompt it holds, reusable exactly
         self._lock = threading.Condition()
         self._ids = itertools.count(1)
         self._stopping = False
@@ -173,7 +173,10 @@ class Scheduler:
             if ticket.cancelled.is_set():  # gone before it started
                 self._end(slot, cancelled=True)
                 continue
-            self._guard(slot, lambda g=generation, c=cached: self.engine.begin(g, c))
+            try:
+                self.engine.begin(generation, cached)
+            except Exception as error:  # reported to its own request; the others go on
+                self._end(slot, error=error)
 
     def _place(self, prompt: list[int]) -> tuple[int, int]:
         """The free slot to run a prompt in, and how many of its tokens that slot's cache
@@ -223,12 +226,6 @@ class Scheduler:
         if least is None or generation.state is None or len(generation.prompt) < least:
             return []
         return list(generation.prompt)
-
-    def _guard(self, slot: int, work: Callable[[], None]) -> None:
-        try:
-            work()
-        except Exception as error:  # reported to its own request; the others go on
-            self._end(slot, error=error)
 
     def _end(self, slot: int, cancelled: bool = False, error: Exception | None = None) -> None:
         """Free the slot; the request gets its last event. The slot's cache keeps the
