@@ -580,3 +580,25 @@ def test_serve_command_refuses_a_busy_port_before_loading(tmp_path):
     assert result.exit_code == 1 and "cannot listen on 127.0.0.1" in result.output
     result = CliRunner().invoke(app, ["serve", "--target", missing, "--parallel", "0"])
     assert result.exit_code == 1 and "--parallel must be at least 1" in result.output
+
+
+def test_a_whole_answer_is_cancelled_when_its_client_leaves(server, slow_steps):
+    """Not streamed: the server notices the closed connection while the answer runs."""
+    before = scrape(server)
+    body = {"prompt": PROMPTS[0], "max_tokens": LONG}
+    with (
+        httpx.Client(base_url=server.url, timeout=0.3) as http,
+        pytest.raises(httpx.ReadTimeout),
+    ):  # the client gives up and closes
+        http.post("/v1/completions", json=body)
+    cancelled = "adaspec_requests_cancelled_total"
+    gone = "adaspec_requests_total{endpoint=/v1/completions,status=499}"
+    deadline = time.monotonic() + 5
+    while (after := scrape(server))[cancelled] == before.get(cancelled, 0) or after.get(
+        gone, 0
+    ) == before.get(gone, 0):
+        assert time.monotonic() < deadline, "the closed connection was not counted as a cancel"
+        time.sleep(0.02)
+    assert after["adaspec_slots_busy"] == 0 and after["adaspec_queue_depth"] == 0
+    generated = after["adaspec_completion_tokens_total"] - before["adaspec_completion_tokens_total"]
+    assert generated < LONG

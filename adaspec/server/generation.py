@@ -58,6 +58,7 @@ class Completion:
         self.stop = StopText(stops)
         self.outcome: Outcome | None = None
         self._ended = False  # Finished or Failed was read
+        self._gone = False  # abandoned by its reader
         self._last_step: float | None = None
         self.ticket = scheduler.submit(prompt, config, self.bridge.on_event)
 
@@ -75,12 +76,18 @@ class Completion:
                 if piece:
                     yield piece
         finally:
-            if not self._ended:  # the reader left first: the client is gone
-                self.ticket.cancel()
-                self.bridge.abandon(self._abandoned)
+            self.abandon()
 
     async def whole(self) -> str:
         return "".join([piece async for piece in self.pieces()])
+
+    def abandon(self) -> None:
+        """The client is gone: cancel the request (its slot is free within one step) and
+        still count and log its end when the scheduler reports it."""
+        if not self._ended and not self._gone:
+            self._gone = True
+            self.ticket.cancel()
+            self.bridge.abandon(self._abandoned)
 
     def _step(self, stamp: float, step: Step) -> str:
         self._observe_latency(stamp, len(step.token_ids))

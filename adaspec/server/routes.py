@@ -7,6 +7,7 @@ code even for a streamed request.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -24,6 +25,9 @@ from adaspec.server.state import ServerState
 log = logging.getLogger("adaspec.server")
 router = APIRouter(prefix="/v1")
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+DISCONNECT_POLL_S = 0.1
+# What a request whose client left is answered (read by nobody; /metrics counts the code).
+CLIENT_GONE = APIError(499, "the client closed the connection", "cancelled", code="client_gone")
 
 
 def server_of(request: Request) -> ServerState:
@@ -49,7 +53,7 @@ async def chat_completions(
     server = server_of(request)
     check_model(server, body.model)
     prompt = server.tokenizer.apply_chat(body.chat())
-    return await answer(server, "chat", body, prompt)
+    return await answer(server, request, "chat", body, prompt)
 
 
 @router.post("/completions", response_model=None)
@@ -58,7 +62,7 @@ async def completions(
 ) -> JSONResponse | StreamingResponse:
     server = server_of(request)
     check_model(server, body.model)
-    return await answer(server, "text", body, prompt_ids(server, body.prompt))
+    return await answer(server, request, "text", body, prompt_ids(server, body.prompt))
 
 
 def check_model(server: ServerState, model: str | None) -> None:
@@ -82,7 +86,11 @@ def prompt_ids(server: ServerState, prompt: str | list[str] | list[int]) -> list
 
 
 async def answer(
-    server: ServerState, kind: str, body: GenerationRequest, prompt: list[int]
+    server: ServerState,
+    request: Request,
+    kind: str,
+    body: GenerationRequest,
+    prompt: list[int],
 ) -> JSONResponse | StreamingResponse:
     """Submit the request, then answer it whole or as a stream of server-sent events."""
     scheduler = server.ready()
@@ -100,9 +108,24 @@ async def answer(
     if body.stream:
         events = stream(frame, completion, body.include_usage())
         return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
-    text = await completion.whole()
+    text = await whole_unless_gone(completion, request)
+    if text is None:
+        return CLIENT_GONE.response()
     assert completion.outcome is not None  # set once the pieces are exhausted
     return JSONResponse(responses.body(frame, text, completion.outcome))
+
+
+async def whole_unless_gone(completion: Completion, request: Request) -> str | None:
+    """The whole answer; None where the client left first, its request then cancelled as
+    a stream's is. Starlette tells of a disconnect only when asked, so it is asked every
+    DISCONNECT_POLL_S while the answer runs."""
+    answer = asyncio.ensure_future(completion.whole())
+    while not (await asyncio.wait({answer}, timeout=DISCONNECT_POLL_S))[0]:
+        if await request.is_disconnected():
+            completion.abandon()
+            answer.cancel()
+            return None
+    return answer.result()
 
 
 async def stream(frame: responses.Frame, completion: Completion, usage: bool) -> AsyncIterator[str]:
