@@ -82,9 +82,10 @@ def build_engine(
         raise missing_draft_model(spec.drafter)
     if policy_cls.uses_cost_profile and time_costs:
         machine_profile(target, clock)  # timed once per model, CPU and threads, then saved
-    made = drafter_cls.create(target, draft if drafter_cls.uses_draft_model else None)
+    draft = draft if drafter_cls.uses_draft_model else None
+    made = drafter_cls.create(target, draft)
     policy = policy_cls.create(spec.k, target)
-    return Engine(target, made, policy, clock=clock, record_rows=record_rows)
+    return Engine(target, made, policy, clock=clock, record_rows=record_rows, draft=draft)
 
 
 def draft_to_load(spec: EngineSpec, target: Backend) -> str | Path | None:

@@ -130,8 +130,10 @@ class Engine:
         policy: Policy,
         clock: Callable[[], float] = perf_counter,
         record_rows: int = 0,
+        draft: Backend | None = None,
     ) -> None:
         self.target = target
+        self.draft = draft  # the draft model its drafters run, if any (what a warm-up warms)
         self.drafter = drafter
         self.drafters = DrafterSet.of(drafter)
         self.policy = policy

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 
@@ -225,3 +227,35 @@ def test_llama_cpp_a_reused_prompt_prefix_scores_as_a_cold_prefill():
         backend.score_prompt([*prompt[:-1], 7])  # an earlier request's prompt, then reuse
         backend.rollback(reused)
         assert torch.equal(backend.score_prompt(prompt[reused:]), cold), reused
+
+
+@needs_llama
+def test_llama_cpp_server_answers_as_generate_alone_and_four_in_flight():
+    """The default pair behind the server as `adaspec serve --parallel 4` runs it (auto
+    drafter, goodput), asked by the official openai client: each greedy answer is plain
+    decoding's, token for token, asked alone and with four requests in flight."""
+    import openai
+
+    from tests.live import live_server
+
+    plain = load(DEFAULT_TARGET, drafter="none", backend="llama.cpp")
+    prompts = [*PROMPTS, "Explain what a hash map is in two sentences."]
+    ids = [encode_prompt(plain.target.tokenizer, text, chat=False) for text in prompts]
+    want = [plain.generate(prompt, GenerationConfig(max_new_tokens=24)) for prompt in ids]
+    del plain
+    engine = load(DEFAULT_TARGET, backend="llama.cpp", slots=4)
+    with live_server(engine, parallel=4, model_id=DEFAULT_TARGET) as server:
+        api = openai.OpenAI(base_url=f"{server.url}/v1", api_key="-", max_retries=0, timeout=300)
+
+        def ask(prompt: list[int]) -> tuple[str, int]:
+            answer = api.completions.create(
+                model=DEFAULT_TARGET, prompt=prompt, max_tokens=24, temperature=0
+            )
+            return answer.choices[0].text, answer.usage.completion_tokens
+
+        alone = [ask(prompt) for prompt in ids]
+        with ThreadPoolExecutor(4) as pool:
+            together = list(pool.map(ask, ids))
+    expected = [(result.text, len(result.token_ids)) for result in want]
+    assert alone == expected
+    assert together == expected

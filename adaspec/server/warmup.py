@@ -1,10 +1,14 @@
-"""The warm-up: requests run through the scheduler before the server reports ready, so the
-first user's request pays no first-call costs (allocations, kernels chosen, caches laid)."""
+"""The warm-up, before the server reports ready, so the first user's request pays no
+first-call costs (allocations, kernels chosen, caches laid): one forward of each kind a
+step can make on each model, then requests through the scheduler, side by side where it
+has the slots (a pass shared by requests, greedy and sampled acceptance, text decoding)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
+from adaspec.backends.warm import warm_paths
 from adaspec.config import GenerationConfig, SamplingParams
 from adaspec.server.errors import translate
 from adaspec.server.generation import Completion
@@ -20,14 +24,19 @@ WARM_UPS = (
 
 
 async def warm_up(server: ServerState) -> None:
-    """Run the warm-up requests, then mark the server ready (or failed, with why)."""
+    """Warm every path, then mark the server ready (or failed, with why). The paths run
+    on the engine before any request can reach it (all are refused until ready)."""
     prompt = server.tokenizer.encode(WARM_UP_PROMPT)
+    engine = server.engine
     try:
-        for config in WARM_UPS:
-            completion = Completion(
-                server.scheduler, prompt, config, [], server.tokenizer, name="warm-up"
-            )
-            await completion.whole()
+        await asyncio.to_thread(warm_paths, engine.target, engine.draft)
+        side_by_side = server.settings.parallel  # more would queue, and a queue may be full
+        for first in range(0, len(WARM_UPS), side_by_side):
+            completions = [
+                Completion(server.scheduler, prompt, config, [], server.tokenizer, name="warm-up")
+                for config in WARM_UPS[first : first + side_by_side]
+            ]
+            await asyncio.gather(*(completion.whole() for completion in completions))
     except Exception as error:  # the server answers 503 with why, and says so in its log
         problem = translate(error).message
         log.error("warm-up failed: %s", problem)
