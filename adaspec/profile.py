@@ -83,6 +83,19 @@ def plain_tokens(vocab_size: int, n: int) -> list[int]:
     return [rng.randrange(low, high) for _ in range(n)]
 
 
+def given_profile(backend: Backend) -> CostProfile | None:
+    """The profile a backend's forwards are charged by, where it carries one (a replay's
+    scripted target): a policy must plan with the costs it will pay, not with a profile
+    saved on this machine for a model of the same name."""
+    return getattr(backend, "cost_profile", None)
+
+
+def planning_profile(backend: Backend) -> CostProfile | None:
+    """What a policy plans a backend's forwards with: its given profile, else the one
+    saved on this machine (None: neither)."""
+    return given_profile(backend) or saved_profile(backend)
+
+
 def saved_profile(backend: Backend) -> CostProfile | None:
     """The profile saved for this backend's model and threads, unless it was timed on
     another processor: a cache directory shared between machines (a network home, a copied
@@ -95,11 +108,11 @@ def saved_profile(backend: Backend) -> CostProfile | None:
 
 
 def machine_profile(backend: Backend, clock: Callable[[], float] = perf_counter) -> CostProfile:
-    """The profile saved for this model, backend, threads and CPU, or one timed now (forwards
-    over 1 to 8 positions after a short context: seconds, once) and saved. Without it a
-    process's first requests would learn what verifying costs by paying for drafts that
-    could not win (on a CPU, 2 positions cost twice one)."""
-    saved = saved_profile(backend)
+    """The backend's given profile; else the one saved for this model, backend, threads and
+    CPU, or one timed now (forwards over 1 to 8 positions after a short context: seconds,
+    once) and saved. Without it a process's first requests would learn what verifying costs
+    by paying for drafts that could not win (on a CPU, 2 positions cost twice one)."""
+    saved = planning_profile(backend)
     if saved is not None:
         return saved
     context = max(1, min(QUICK_CONTEXT, backend.context_length - max(QUICK_KS) - 1))

@@ -67,15 +67,28 @@ def test_replayed_methods_reproduce_the_recorded_answers(method):
 
 def test_goodput_gains_where_copying_is_cheap_and_never_drafts_where_it_cannot_pay():
     cheap = profile(GPU_LIKE)
-    cheap.save()
     ratios = speedups(replay("none", [COPIED], cheap), replay("auto:goodput", [COPIED], cheap))
     assert ratios["coding"] > 2.0
-    linear = profile(LINEAR)
-    linear.save()  # where the policy finds it: it knows the costs from the first step
+    linear = profile(LINEAR)  # the policy plans with it: it knows the costs from the first step
     cases = [COPIED, FRESH]
     runs = replay("auto:goodput", cases, linear)
     assert sum(r.drafted for r in runs) == 0
     assert speedups(replay("none", cases, linear), runs)["overall"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(("given", "saved"), [(GPU_LIKE, LINEAR), (LINEAR, GPU_LIKE)])
+def test_replay_plans_with_the_profile_it_is_given_not_one_saved_here(given, saved):
+    """A saved profile of another shape for the same model, backend and threads (this
+    machine's, after `adaspec profile`) changes nothing: goodput plans with the costs the
+    replay charges."""
+    cases = [COPIED, FRESH, COPIED]
+    alone = replay("auto:goodput", cases, profile(given))
+    profile(saved).save()
+    beside = replay("auto:goodput", cases, profile(given))
+    assert [(r.seconds, r.drafted, r.accepted) for r in beside] == [
+        (r.seconds, r.drafted, r.accepted) for r in alone
+    ]
+    assert (sum(r.drafted for r in alone) > 0) == (given is GPU_LIKE)
 
 
 def test_a_tree_node_is_accepted_where_it_is_the_answer_along_the_accepted_path():

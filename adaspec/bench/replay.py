@@ -76,10 +76,8 @@ class ScriptedTarget:
     tokenizer = None
 
     def __init__(self, profile: CostProfile, clock: ScriptedClock, vocab_size: int) -> None:
-        self.profile = profile
+        self.cost_profile = profile  # what a policy plans with (profile.given_profile)
         self.clock = clock
-        # Named as the profiled model, backend and threads, so that a policy finds the cost
-        # profile saved for them, as it would on that machine.
         self.label, self.name, self.threads = profile.model, profile.backend, profile.threads
         self.script: list[int] = []
         self.case: Case | None = None
@@ -121,7 +119,9 @@ class ScriptedTarget:
     def forward(self, tokens: Sequence[int], parents: Sequence[int] | None = None) -> torch.Tensor:
         """Row i follows the script while node i's root path does (a tree's nodes are
         accepted exactly when they are the recorded answer along the accepted path)."""
-        self.clock.now += self.profile.cost_ms(len(tokens), len(self.cache) + len(tokens)) / 1000
+        self.clock.now += (
+            self.cost_profile.cost_ms(len(tokens), len(self.cache) + len(tokens)) / 1000
+        )
         tree = TokenTree.of(tokens, parents)
         self._start, self._tree = len(self.cache), tree
         rows = []

@@ -21,7 +21,7 @@ from adaspec.policies.acceptance import Acceptance, Calibration
 from adaspec.policies.base import POLICIES, PolicyDefaults, check_k
 from adaspec.policies.estimates import DraftCost, Ewma, VerifyCost
 from adaspec.policies.rates import best_length, best_prefix, best_prefix_and_rate, expected_tokens
-from adaspec.profile import CostProfile, machine_profile, saved_profile
+from adaspec.profile import CostProfile, machine_profile, planning_profile
 from adaspec.state import DecodeState
 from adaspec.stats import StepOutcome
 
@@ -65,8 +65,9 @@ class GoodputPolicy(PolicyDefaults):
 
     @classmethod
     def create(cls, k: int | None, target: Backend) -> GoodputPolicy:
-        """With the target's saved cost profile (``adaspec profile``) where there is one."""
-        profile = saved_profile(target)
+        """With the cost profile the target's forwards are charged by (a replay's) or the
+        one saved on this machine (``adaspec profile``), where there is one."""
+        profile = planning_profile(target)
         return cls(profile=profile) if k is None else cls(k, profile)
 
     @classmethod
