@@ -25,7 +25,7 @@ from adaspec.drafters.base import Drafter, DrafterSet
 from adaspec.errors import ConfigError
 from adaspec.policies.base import Policy
 from adaspec.request import prompt_ids, request_config
-from adaspec.state import DecodeState
+from adaspec.state import DecodeState, Sharing
 from adaspec.stats import GenerationStats, RowsSeen, StepOutcome
 from adaspec.tree import ROOT, TokenTree
 from adaspec.verify import verify_tree
@@ -220,7 +220,7 @@ class Engine:
         """One step of every request: each drafts, one target pass scores every draft
         (``Backend.forward_slots``), each verifies and commits its own. Returns each
         request's new token ids; a request that ended is marked ``done``."""
-        plans = [self._plan(gen) for gen in gens]
+        plans = self._plan_all(gens)
         started = self.clock()
         rows = self._score(gens, plans)
         scored_s = self.clock() - started
@@ -229,6 +229,17 @@ class Engine:
             self._finish(gen, plan, logits, scored_s, batch_rows)
             for gen, plan, logits in zip(gens, plans, rows, strict=True)
         ]
+
+    def _plan_all(self, gens: Sequence[Generation]) -> list[_Planned]:
+        """Each request's plan in turn, each told what the others add to the pass: the rows
+        of those planned already, one row for each still to plan. Known before any of its
+        own tokens is drawn, so a budget may depend on it (docs/design.md, rule 1)."""
+        plans: list[_Planned] = []
+        for i, gen in enumerate(gens):
+            rows = sum(_fed_rows(plan) for plan in plans) + len(gens) - 1 - i
+            _running(gen).state.sharing = Sharing(rows, len(gens) - 1)
+            plans.append(self._plan(gen))
+        return plans
 
     def _plan(self, gen: Generation) -> _Planned:
         """The request's budget, its drafters' proposal and what of it to verify."""

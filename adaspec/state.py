@@ -9,6 +9,19 @@ import torch
 from adaspec.config import SamplingParams
 
 
+@dataclass(frozen=True)
+class Sharing:
+    """The other requests in this step's target pass, as one request sees them when its
+    budget is decided: the rows they add (one each for those not planned yet) and how many
+    they are. A policy prices its own rows at their margin over these (SmartSpec)."""
+
+    rows: int = 0
+    requests: int = 0
+
+
+ALONE = Sharing()
+
+
 @dataclass
 class DecodeState:
     """Committed tokens of one request.
@@ -27,6 +40,7 @@ class DecodeState:
     # The request's limit: the tokens a drafter's set-up can pay off over.
     max_new_tokens: int | None = None
     slot: int = 0  # the backends' cache this request runs in (one per request in flight)
+    sharing: Sharing = ALONE  # who else is in the step being planned (set by the engine)
 
     @property
     def generated(self) -> int:

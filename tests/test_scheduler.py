@@ -204,3 +204,33 @@ def test_shutdown_finishes_the_requests_in_flight(target, expected):
     scheduler.start()
     scheduler.shutdown(60)
     assert sorted(r.result.token_ids for r in results) == sorted(expected)
+
+
+def test_each_plan_is_told_the_rows_the_others_add(target, monkeypatch):
+    """Planned in turn: the rows of requests planned already, one for each still to plan."""
+    seen: list[tuple[int, int, int, int]] = []  # (slot, tokens, rows, requests)
+    budget = FixedPolicy.budget
+
+    def spying(self, state):
+        seen.append((state.slot, len(state.tokens), state.sharing.rows, state.sharing.requests))
+        return budget(self, state)
+
+    monkeypatch.setattr(FixedPolicy, "budget", spying)
+    engine = build_engine(EngineSpec(drafter="ngram", policy="fixed", k=2), target, None)
+    gens = [
+        Generation(engine, PROMPTS[3] * 2, GenerationConfig(max_new_tokens=8), slot)
+        for slot in range(SLOTS)
+    ]
+    for gen in gens:
+        engine.begin(gen)
+    before = len(seen)
+    plans = engine._plan_all(gens)
+    fed = [len(plan.draft.tokens) + (0 if plan.prescored else 1) for plan in plans]
+    assert [s[0] for s in seen[before:]] == [0, 1, 2]
+    assert [s[3] for s in seen[before:]] == [SLOTS - 1] * SLOTS
+    assert [s[2] for s in seen[before:]] == [2, fed[0] + 1, fed[0] + fed[1]]
+    assert any(fed), "the prompt repeats: n-gram drafts"
+    (alone,) = engine._plan_all(gens[:1])
+    assert seen[-1][2:] == (0, 0) and alone.draft is not None
+    for gen in gens:
+        engine.end(gen)

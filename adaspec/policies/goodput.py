@@ -22,7 +22,7 @@ from adaspec.policies.base import POLICIES, PolicyDefaults, check_k
 from adaspec.policies.estimates import DraftCost, Ewma, VerifyCost
 from adaspec.policies.rates import best_length, best_prefix, best_prefix_and_rate, expected_tokens
 from adaspec.profile import CostProfile, machine_profile, planning_profile
-from adaspec.state import DecodeState
+from adaspec.state import ALONE, DecodeState
 from adaspec.stats import StepOutcome
 
 if TYPE_CHECKING:
@@ -43,6 +43,11 @@ BASELINE = 2
 # gains a few percent on prose, a bet that looks 5% better loses as often as it wins, and
 # pays its set-up either way. A free drafter needs no margin: trim() judges its tokens.
 DOUBT = 1.1
+# Beside other requests, one that verified no draft last step starts again only where a
+# draft beats a plain step by this factor; one drafting goes on while any draft beats it.
+# Load changes step by step (requests join and leave), and a decision at the threshold
+# would flip with it (vLLM #49548: a batch-size switch without hysteresis lost throughput).
+SWITCH = 1.05
 
 
 @POLICIES.register("goodput")
@@ -62,6 +67,8 @@ class GoodputPolicy(PolicyDefaults):
         self.request_tokens = Ewma()  # tokens a request has generated
         self.prescored = False  # the step under way has its first row from the prefill
         self.arms: dict[str, float] = {}  # drafter -> guessed cost share, cheapest first
+        self.sharing = ALONE  # the others in the step being planned
+        self.drafting = False  # the last step verified a draft
 
     @classmethod
     def create(cls, k: int | None, target: Backend) -> GoodputPolicy:
@@ -93,6 +100,7 @@ class GoodputPolicy(PolicyDefaults):
         self.calibration = self.calibration.for_request()
         self.set_up = set()
         self.generated, self.limit = 0, state.max_new_tokens
+        self.sharing, self.drafting = ALONE, False
 
     def finish(self) -> None:
         if self.generated:
@@ -101,11 +109,14 @@ class GoodputPolicy(PolicyDefaults):
     def budget(self, state: DecodeState) -> Budget:
         """Every arm with its plan, cheapest first; a plain step until the baseline is
         timed. Promises are for choosing: with one arm, its plan's length alone says
-        whether to draft, and one not timed yet probes (it was the user's choice)."""
+        whether to draft, and one not timed yet probes (it was the user's choice). Beside
+        other requests, rates are the whole step's (SmartSpec's goodput): this request's
+        rows are priced at what they add to the others' pass."""
         self.prescored = state.next_logits is not None
-        if self.verify.timings(1) < BASELINE:
+        self.sharing = state.sharing
+        if self.verify.timings(self.sharing.rows + 1) < BASELINE:
             return Budget(0)  # a plain step: the baseline is timed first
-        plain = 1.0 / self._step_ms(1)
+        plain = (1.0 + self._others()) / self._step_ms(1) * self._hold()
         per = {name: self._plan(name, share, plain) for name, share in self.arms.items()}
         if len(per) == 1:
             per = {name: replace(plan, promise=None) for name, plan in per.items()}
@@ -113,21 +124,22 @@ class GoodputPolicy(PolicyDefaults):
 
     def trim(self, draft: Draft) -> int:
         spent = self._draft_ms(draft.source) * len(draft.tokens)
-        return best_prefix(self._probabilities(draft), self._step_ms, spent, draft.parents)
+        probs, others, hold = self._probabilities(draft), self._others(), self._hold()
+        return best_prefix(probs, self._step_ms, spent, draft.parents, others, hold)
 
     def value(self, draft: Draft) -> float:
         """Expected tokens per millisecond of verifying what trim() would keep of a draft
         in hand (its drafting is spent: a plain step is worth 1 / a one-token step)."""
-        probs = self._probabilities(draft)
-        return best_prefix_and_rate(probs, self._step_ms, 0.0, draft.parents)[1]
+        probs, others, hold = self._probabilities(draft), self._others(), self._hold()
+        return best_prefix_and_rate(probs, self._step_ms, 0.0, draft.parents, others, hold)[1]
 
     def observe(self, outcome: StepOutcome) -> None:
         self.generated += outcome.emitted
+        self.drafting = outcome.drafted > 0
         before, context = self.verify.context, self.verify.context + outcome.emitted
-        alone = outcome.batch_rows in (None, outcome.positions)
-        # A pass shared with other requests says what their rows cost too: only a step
-        # that ran alone times this request's positions (pricing shared passes: issue 32).
-        self.verify.observe(outcome.positions if alone else 0, outcome.verify_s * 1000, context)
+        # A pass shared with other requests times a forward over all its rows.
+        rows = outcome.positions if outcome.batch_rows is None else outcome.batch_rows
+        self.verify.observe(rows, outcome.verify_s * 1000, context)
         self.acceptance.observe_target(outcome.target_top)
         self.acceptance.idle_except(outcome.drafter)
         for name, cost in self.draft_ms.items():
@@ -194,7 +206,8 @@ class GoodputPolicy(PolicyDefaults):
         gain = [0.0]  # [m] a + ... + a^m
         for m in range(1, k + 1):
             gain.append(gain[-1] + acceptance**m)
-        rate = max((1.0 + gain[j]) / (cost[j] + draft_ms * j) for j in range(k + 1))
+        base = 1.0 + self._others()
+        rate = max((base + gain[j]) / (cost[j] + draft_ms * j) for j in range(k + 1))
         floors = [0.0]
         for depth in range(1, k):
             floors.append(
@@ -220,8 +233,9 @@ class GoodputPolicy(PolicyDefaults):
         """The best draft length (at least k_min) and its expected tokens per millisecond,
         a set-up still to pay charged per token (``setup_ms``, which does not change the
         best length)."""
-        k = best_length(acceptance, self._step_ms, draft_ms, self._k_limit(), k_min)
-        tokens = expected_tokens(acceptance, k)
+        others = self._others()
+        k = best_length(acceptance, self._step_ms, draft_ms, self._k_limit(), k_min, others)
+        tokens = expected_tokens(acceptance, k) + others
         per_token = (self._step_ms(k + 1) + draft_ms * k) / tokens + setup_ms
         return k, 1.0 / per_token
 
@@ -234,12 +248,26 @@ class GoodputPolicy(PolicyDefaults):
         return draft_ms * self._k_limit() <= FREE_DRAFT * self.verify.ms(1)
 
     def _k_limit(self) -> int:
-        return min(self.k_max, self.verify.explored_limit() - 1)
+        return min(self.k_max, self._rows_left())
 
     def _node_limit(self) -> int:
         """The most nodes a free drafter may grow: as many as a forward not yet trusted
         allows (explored_limit), up to MAX_NODES."""
-        return min(MAX_NODES, self.verify.explored_limit() - 1)
+        return min(MAX_NODES, self._rows_left())
+
+    def _rows_left(self) -> int:
+        """Draft rows the step's pass may take before its size is beyond what was timed."""
+        return max(0, self.verify.explored_limit() - 1 - self.sharing.rows)
+
+    def _others(self) -> float:
+        """Tokens the other requests in the step yield: one each (their own next token) at
+        least; what their drafts add is left out, so a draft here is priced a little
+        generously against them."""
+        return float(self.sharing.requests)
+
+    def _hold(self) -> float:
+        """Hysteresis beside other requests (SWITCH); alone, none."""
+        return SWITCH if self.sharing.requests and not self.drafting else 1.0
 
     def _setup_share(self, drafter: str) -> float:
         """Each token's share of what a drafter not yet used in this request pays first (a
@@ -267,16 +295,17 @@ class GoodputPolicy(PolicyDefaults):
         """Each drafted token's chance of acceptance, as far as verifying may reach."""
         probs = [self.calibration.probability(draft.source, c) for c in draft.confidences]
         probs += [self.acceptance.rate(draft.source)] * (len(draft.tokens) - len(probs))
-        return probs[: self.verify.explored_limit() - 1]
+        return probs[: self._rows_left()]
 
     def _step_ms(self, n: int) -> float:
         """Milliseconds of a step that scores n positions. When the prefill has scored the
         first (a request's first step), the forward runs only n - 1; the step is still
         charged a one-token forward for that row, so a draft must beat plain decoding's rate
         (1 token per ``ms(1)``) rather than a step that would cost nothing without it."""
+        rows = self.sharing.rows + n  # the pass's: the others' rows too
         if not self.prescored:
-            return self.verify.ms(n)
-        return self.verify.ms(1) + (self.verify.ms(n - 1) if n > 1 else 0.0)
+            return self.verify.ms(rows)
+        return self.verify.ms(1) + (self.verify.ms(rows - 1) if rows > 1 else 0.0)
 
     def _draft_ms(self, drafter: str) -> float:
         estimate = self.draft_ms.get(drafter)

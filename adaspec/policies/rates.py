@@ -20,11 +20,14 @@ def best_length(
     draft_ms: float,
     k_max: int,
     k_min: int = 0,
+    others: float = 0.0,
 ) -> int:
-    """The k in k_min..k_max with the most expected tokens per millisecond."""
+    """The k in k_min..k_max with the most expected tokens per millisecond of the step;
+    ``others``: tokens the other requests sharing the step yield (``verify_ms`` then prices
+    their rows too)."""
     return max(
         range(k_min, k_max + 1),
-        key=lambda k: expected_tokens(acceptance, k) / (verify_ms(k + 1) + draft_ms * k),
+        key=lambda k: (others + expected_tokens(acceptance, k)) / (verify_ms(k + 1) + draft_ms * k),
     )
 
 
@@ -33,10 +36,12 @@ def best_prefix(
     verify_ms: Callable[[int], float],
     spent_ms: float,
     parents: Sequence[int] | None = None,
+    others: float = 0.0,
+    hold: float = 1.0,
 ) -> int:
     """How many drafted nodes to verify, given each one's acceptance probability given its
     parent's: the prefix with the most expected tokens per millisecond of this step."""
-    return best_prefix_and_rate(probs, verify_ms, spent_ms, parents)[0]
+    return best_prefix_and_rate(probs, verify_ms, spent_ms, parents, others, hold)[0]
 
 
 def best_prefix_and_rate(
@@ -44,10 +49,16 @@ def best_prefix_and_rate(
     verify_ms: Callable[[int], float],
     spent_ms: float,
     parents: Sequence[int] | None = None,
+    others: float = 0.0,
+    hold: float = 1.0,
 ) -> tuple[int, float]:
     """Expected tokens of the first i nodes: 1 (the target's own) plus, per node, the
-    chance that its whole root path is accepted; a chain when ``parents`` is None."""
-    best, best_rate, expected = 0, 1.0 / (verify_ms(1) + spent_ms), 1.0
+    chance that its whole root path is accepted; a chain when ``parents`` is None. With
+    ``others`` as in best_length; ``hold``: a prefix must beat verifying none by this
+    factor (hysteresis), and none is reported at its own rate."""
+    expected = 1.0 + others
+    best, plain_rate = 0, expected / (verify_ms(1) + spent_ms)
+    best_rate = plain_rate * hold
     alive: list[float] = []  # [i] P(node's root path accepted)
     for i, p in enumerate(probs):
         parent = i - 1 if parents is None else parents[i]
@@ -56,4 +67,4 @@ def best_prefix_and_rate(
         rate = expected / (verify_ms(i + 2) + spent_ms)
         if rate > best_rate:
             best, best_rate = i + 1, rate
-    return best, best_rate
+    return best, (best_rate if best else plain_rate)
