@@ -232,12 +232,17 @@ class Engine:
 
     def _plan_all(self, gens: Sequence[Generation]) -> list[_Planned]:
         """Each request's plan in turn, each told what the others add to the pass: the rows
-        of those planned already, one row for each still to plan. Known before any of its
-        own tokens is drawn, so a budget may depend on it (docs/design.md, rule 1)."""
+        of those planned already, and for those still to plan, and the tokens of all, what
+        their recent steps had. Known before any of its own tokens is drawn, so a budget
+        may depend on it (docs/design.md, rule 1)."""
+        recent = [_recent_step(gen) for gen in gens]
+        tokens = sum(yielded for _, yielded in recent)
         plans: list[_Planned] = []
         for i, gen in enumerate(gens):
-            rows = sum(_fed_rows(plan) for plan in plans) + len(gens) - 1 - i
-            _running(gen).state.sharing = Sharing(rows, len(gens) - 1)
+            rows = sum(_fed_rows(plan) for plan in plans)
+            rows += round(sum(fed for fed, _ in recent[i + 1 :]))
+            sharing = Sharing(rows, tokens - recent[i][1], len(gens) - 1)
+            _running(gen).state.sharing = sharing
             plans.append(self._plan(gen))
         return plans
 
@@ -345,6 +350,19 @@ def _running(gen: Generation) -> Running:
     if gen.running is None:
         raise RuntimeError("Engine.begin(generation) must run before its steps")
     return gen.running
+
+
+RECENT_STEPS = 8  # a request's steps that say what its next one will add to a pass
+
+
+def _recent_step(gen: Generation) -> tuple[float, float]:
+    """Rows a request fed its recent passes and tokens they yielded, per step (one and
+    one before it has stepped)."""
+    steps = gen.stats.steps[-RECENT_STEPS:]
+    if not steps:
+        return 1.0, 1.0
+    rows = sum(step.drafted + 1 for step in steps) / len(steps)
+    return rows, sum(step.emitted for step in steps) / len(steps)
 
 
 def _fed_rows(plan: _Planned) -> int:

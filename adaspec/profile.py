@@ -18,7 +18,7 @@ from itertools import accumulate
 from pathlib import Path
 from time import perf_counter
 
-from adaspec.backends.base import Backend
+from adaspec.backends.base import Backend, SlotRows, forward_slots, slot_of
 from adaspec.models import cache_dir
 
 DEFAULT_KS = (1, 2, 3, 4, 6, 8, 12, 16)
@@ -39,6 +39,9 @@ class CostProfile:
     ms: list[list[float]]  # [len(contexts), len(ks)]: median ms of forward(k) after context
     spread_ms: list[list[float]]  # same shape: max - min over the repeats
     cpu: str = ""  # the processor it was timed on ("": a file older than this field)
+    # Requests a pass's rows were spread over when timed (k rows over min(k, slots) caches,
+    # one pass): the cost of a server's shared step by its total rows.
+    slots: int = 1
 
     def cost_ms(self, k: int, context: int) -> float:
         """Forward cost for k tokens: the nearest measured context, linear in k between
@@ -128,17 +131,22 @@ def measure(
     repeats: int = 5,
     on_point: Callable[[int, int, float], None] | None = None,
     clock: Callable[[], float] = perf_counter,
+    slots: int = 1,
 ) -> CostProfile:
-    """Time ``forward(k)`` after each context: one warm-up, then the median of repeats."""
-    tokens = plain_tokens(backend.vocab_size, max(contexts))
+    """Time ``forward(k)`` after each context: one warm-up, then the median of repeats.
+    ``slots`` > 1: a pass over k rows spread evenly over min(k, slots) of the backend's
+    slots, each holding the context (a server's shared step)."""
+    tokens = plain_tokens(backend.vocab_size, max(contexts) + max(ks))
+    views = [slot_of(backend, i) for i in range(slots)]
     table, spread = [], []
     backend.reset()  # warm-up of the whole model (page cache, allocators) before any timing
     backend.prefill(tokens[: min(contexts)])
-    backend.forward(tokens[: max(ks)])
+    backend.forward(tokens[: min(max(ks), backend.context_length - min(contexts))])
     for context in contexts:
-        backend.reset()
-        backend.prefill(tokens[:context])
-        times = [time_forward(backend, tokens[:k], context, repeats, clock) for k in ks]
+        for view in views:
+            view.reset()
+            view.prefill(tokens[:context])
+        times = [time_pass(backend, tokens, k, slots, context, repeats, clock) for k in ks]
         table.append([round(statistics.median(t), 2) for t in times])
         spread.append([round(max(t) - min(t), 2) for t in times])
         for k, ms in zip(ks, table[-1], strict=True):
@@ -153,7 +161,36 @@ def measure(
         table,
         spread,
         cpu_name(),
+        slots,
     )
+
+
+def time_pass(
+    backend: Backend,
+    tokens: list[int],
+    k: int,
+    slots: int,
+    context: int,
+    repeats: int,
+    clock: Callable[[], float] = perf_counter,
+) -> list[float]:
+    """``time_forward`` of k rows, spread over min(k, slots) slots in one pass."""
+    if slots == 1:
+        return time_forward(backend, tokens[context : context + k], context, repeats, clock)
+    used = min(k, slots)
+    rows: list[SlotRows] = [
+        (i, tokens[context : context + k // used + (i < k % used)], None) for i in range(used)
+    ]
+    times = []
+    for i in range(repeats + 1):
+        started = clock()
+        float(forward_slots(backend, rows)[-1][-1, 0])  # reading a value waits for the device
+        elapsed = (clock() - started) * 1000
+        for slot in range(used):
+            slot_of(backend, slot).rollback(context)
+        if i:  # the first run is the warm-up
+            times.append(elapsed)
+    return times
 
 
 def time_forward(

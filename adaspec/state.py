@@ -12,10 +12,12 @@ from adaspec.config import SamplingParams
 @dataclass(frozen=True)
 class Sharing:
     """The other requests in this step's target pass, as one request sees them when its
-    budget is decided: the rows they add (one each for those not planned yet) and how many
-    they are. A policy prices its own rows at their margin over these (SmartSpec)."""
+    budget is decided: the rows they add (for those not planned yet, as many as lately),
+    the tokens they are expected to yield (as many as lately) and how many they are. A
+    policy prices its own rows at their margin over these (SmartSpec)."""
 
     rows: int = 0
+    tokens: float = 0.0
     requests: int = 0
 
 

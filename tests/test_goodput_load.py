@@ -44,7 +44,7 @@ def run_shared(cost, others: int, acceptance: float, steps: int = 120, seed: int
     policy.start(state, ARMS)
     lengths = []
     for _ in range(steps):
-        state.sharing = Sharing(rows=others, requests=others)
+        state.sharing = Sharing(rows=others, tokens=others, requests=others)
         budget = policy.budget(state).for_drafter("synthetic")
         draft = Draft([7] * budget.depth_limit, None, [0.9] * budget.depth_limit, "synthetic")
         verified = policy.trim(draft)
@@ -117,23 +117,24 @@ def planned_beside(others: int, drafting: bool, probability: float) -> int:
     policy.start(state, ARMS)
     policy.calibration.caution = 0.0
     policy.drafting = drafting
-    state.sharing = Sharing(rows=others, requests=others)
+    state.sharing = Sharing(rows=others, tokens=others, requests=others)
     policy.budget(state)
     return policy.trim(Draft([7], None, [probability], "synthetic"))
 
 
 def test_switching_on_beside_others_needs_a_margin():
-    """A draft whose batch goodput beats plain steps by less than SWITCH goes on being
-    verified by a request that was drafting, but does not start one that was not; one
-    that beats it by more starts either."""
+    """A draft whose step beats plain steps, but not by SWITCH tokens more of this
+    request's, goes on being verified by a request that was drafting, and does not start
+    one that was not; one that beats it by more starts either. Alone there is no margin."""
     others, cost = 3, CURVES["torch-cpu"]
-    plain = batch_goodput(0, others, 0.0, cost)
 
-    def gain(p: float) -> float:
-        return (others + 1 + p) / cost(others + 2) / plain
+    def draft_rate(p: float) -> float:
+        return (others + 1 + p) / cost(others + 2)
 
-    low = next(p / 100 for p in range(101) if gain(p / 100) > 1.0 + (SWITCH - 1) / 4)
-    high = next(p / 100 for p in range(101) if gain(p / 100) > SWITCH * 1.01)
+    plain, held = (others + 1) / cost(others + 1), (others + 1 + SWITCH) / cost(others + 1)
+    low = next(p / 100 for p in range(101) if draft_rate(p / 100) > plain * 1.001)
+    high = next(p / 100 for p in range(101) if draft_rate(p / 100) > held * 1.001)
+    assert draft_rate(low) < held
     assert planned_beside(others, drafting=True, probability=low) == 1
     assert planned_beside(others, drafting=False, probability=low) == 0
     assert planned_beside(others, drafting=False, probability=high) == 1

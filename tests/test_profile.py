@@ -59,6 +59,26 @@ def test_measure_on_a_tiny_model():
     assert profile.cpu == cpu_name()
 
 
+def test_measure_spreads_a_pass_over_slots():
+    """With slots, k rows are one pass over min(k, slots) requests' caches, rows split
+    evenly; every slot is left holding its context."""
+    from adaspec.backends.torch_hf import TorchBackend
+
+    model = TorchBackend(tiny_model(seed=0), None, label="tiny", slots=3)
+    passes: list[list[int]] = []
+    forward_slots = model.forward_slots
+
+    def spying(rows):
+        passes.append([len(tokens) for _, tokens, _ in rows])
+        return forward_slots(rows)
+
+    model.forward_slots = spying
+    profile = measure(model, ks=[1, 2, 7], contexts=[4], repeats=1, slots=3)
+    assert profile.slots == 3 and len(profile.ms[0]) == 3
+    assert passes == [[1, 1]] * 2 + [[3, 2, 2]] * 2  # k = 1 runs on one slot: a forward
+    assert [model.slot(i).length for i in range(1, 3)] == [4, 4] and model.length == 4
+
+
 @pytest.mark.parametrize(("cpu", "used"), [("", True), ("this", True), ("Other CPU 9000", False)])
 def test_a_saved_profile_is_used_only_on_the_cpu_it_was_timed_on(cpu, used):
     saved = replace(PROFILE, cpu=cpu_name() if cpu == "this" else cpu)

@@ -207,12 +207,15 @@ def test_shutdown_finishes_the_requests_in_flight(target, expected):
 
 
 def test_each_plan_is_told_the_rows_the_others_add(target, monkeypatch):
-    """Planned in turn: the rows of requests planned already, one for each still to plan."""
+    """Planned in turn: the rows of requests planned already, and for each still to plan
+    as many as its recent steps had (one, before its first); tokens likewise."""
     seen: list[tuple[int, int, int, int]] = []  # (slot, tokens, rows, requests)
+    yields: list[float] = []
     budget = FixedPolicy.budget
 
     def spying(self, state):
         seen.append((state.slot, len(state.tokens), state.sharing.rows, state.sharing.requests))
+        yields.append(state.sharing.tokens)
         return budget(self, state)
 
     monkeypatch.setattr(FixedPolicy, "budget", spying)
@@ -230,6 +233,7 @@ def test_each_plan_is_told_the_rows_the_others_add(target, monkeypatch):
     assert [s[3] for s in seen[before:]] == [SLOTS - 1] * SLOTS
     assert [s[2] for s in seen[before:]] == [2, fed[0] + 1, fed[0] + fed[1]]
     assert any(fed), "the prompt repeats: n-gram drafts"
+    assert yields[before:] == [SLOTS - 1.0] * SLOTS
     (alone,) = engine._plan_all(gens[:1])
     assert seen[-1][2:] == (0, 0) and alone.draft is not None
     for gen in gens:

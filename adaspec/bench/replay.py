@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from adaspec.backends.base import SlotRows
 from adaspec.bench.methods import AdaspecMethod
 from adaspec.config import GenerationConfig
 from adaspec.errors import ConfigError
@@ -71,11 +72,14 @@ class ScriptedTarget:
     rejected draft token, which verification never reads), and charges the clock the
     profile's cost of a forward over that many positions at that context. A drafter that
     learns from the rows (recycling, aded) learns only the target's first choices here,
-    not its runners-up: a replay understates it."""
+    not its runners-up: a replay understates it. With ``slots``, each slot plays its own
+    case, and a pass shared by several is charged once, by its total rows."""
 
     tokenizer = None
 
-    def __init__(self, profile: CostProfile, clock: ScriptedClock, vocab_size: int) -> None:
+    def __init__(
+        self, profile: CostProfile, clock: ScriptedClock, vocab_size: int, slots: int = 1
+    ) -> None:
         self.cost_profile = profile  # what a policy plans with (profile.given_profile)
         self.clock = clock
         self.label, self.name, self.threads = profile.model, profile.backend, profile.threads
@@ -84,6 +88,7 @@ class ScriptedTarget:
         self.cache: list[int] = []
         self.on_script = 0  # how many leading cached tokens follow the script
         self._vocab_size = vocab_size
+        self._views = [self] + [ScriptedTarget(profile, clock, vocab_size) for _ in range(1, slots)]
 
     @property
     def vocab_size(self) -> int:
@@ -100,6 +105,21 @@ class ScriptedTarget:
     @property
     def length(self) -> int:
         return len(self.cache)
+
+    @property
+    def slots(self) -> int:
+        return len(self._views)
+
+    def slot(self, index: int) -> ScriptedTarget:
+        return self._views[index]
+
+    def forward_slots(self, rows: Sequence[SlotRows]) -> list[torch.Tensor]:
+        """One pass over several slots' rows: charged once, for all its rows, at the mean
+        context of the slots it extends."""
+        total = sum(len(tokens) for _, tokens, _ in rows)
+        context = sum(self._views[slot].length + len(tokens) for slot, tokens, _ in rows)
+        self.clock.now += self.cost_profile.cost_ms(total, context // len(rows)) / 1000
+        return [self._views[slot].score(tokens, parents) for slot, tokens, parents in rows]
 
     def play(self, case: Case) -> None:
         self.script = [*case.prompt, *case.answer]
@@ -122,6 +142,10 @@ class ScriptedTarget:
         self.clock.now += (
             self.cost_profile.cost_ms(len(tokens), len(self.cache) + len(tokens)) / 1000
         )
+        return self.score(tokens, parents)
+
+    def score(self, tokens: Sequence[int], parents: Sequence[int] | None = None) -> torch.Tensor:
+        """``forward`` without charging the clock (a shared pass charges once)."""
         tree = TokenTree.of(tokens, parents)
         self._start, self._tree = len(self.cache), tree
         rows = []
@@ -209,8 +233,7 @@ def replay(method: str, cases: Sequence[Case], profile: CostProfile) -> list[Rep
     Raises if the method's output leaves the script: that would be a lossless bug. Model-free
     only: there is no draft model to script, so ``auto`` replays without its model arm."""
     clock = ScriptedClock()
-    vocab = 1 + max(max([*c.prompt, *c.answer, *_flat(c.top_ids)]) for c in cases)
-    target = ScriptedTarget(profile, clock, vocab)
+    target = ScriptedTarget(profile, clock, vocab_of(cases))
     engine = AdaspecMethod(method, target, None, clock=clock, time_costs=False).engine
     replayed = []
     for case in cases:
@@ -225,6 +248,11 @@ def replay(method: str, cases: Sequence[Case], profile: CostProfile) -> list[Rep
         seconds = result.stats.wall_s  # the engine timed it on the scripted clock
         replayed.append(Replayed(method, case, seconds, summary["drafted"], summary["accepted"]))
     return replayed
+
+
+def vocab_of(cases: Sequence[Case]) -> int:
+    """A vocabulary holding every id the cases name."""
+    return 1 + max(max([*c.prompt, *c.answer, *_flat(c.top_ids)]) for c in cases)
 
 
 def speedups(baseline: Sequence[Replayed], method: Sequence[Replayed]) -> dict[str, float]:

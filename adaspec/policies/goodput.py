@@ -44,10 +44,12 @@ BASELINE = 2
 # pays its set-up either way. A free drafter needs no margin: trim() judges its tokens.
 DOUBT = 1.1
 # Beside other requests, one that verified no draft last step starts again only where a
-# draft beats a plain step by this factor; one drafting goes on while any draft beats it.
-# Load changes step by step (requests join and leave), and a decision at the threshold
-# would flip with it (vLLM #49548: a batch-size switch without hysteresis lost throughput).
-SWITCH = 1.05
+# draft beats its plain step as if that yielded this many tokens more (5% of its own token,
+# not of the whole pass's: one request's draft moves a large batch's rate by little); one
+# drafting goes on while any draft beats it. Load changes step by step (requests join and
+# leave), and a decision at the threshold would flip with it (vLLM #49548: a batch-size
+# switch without hysteresis lost throughput).
+SWITCH = 0.05
 
 
 @POLICIES.register("goodput")
@@ -116,7 +118,7 @@ class GoodputPolicy(PolicyDefaults):
         self.sharing = state.sharing
         if self.verify.timings(self.sharing.rows + 1) < BASELINE:
             return Budget(0)  # a plain step: the baseline is timed first
-        plain = (1.0 + self._others()) / self._step_ms(1) * self._hold()
+        plain = (1.0 + self._others() + self._margin()) / self._step_ms(1)
         per = {name: self._plan(name, share, plain) for name, share in self.arms.items()}
         if len(per) == 1:
             per = {name: replace(plan, promise=None) for name, plan in per.items()}
@@ -124,14 +126,14 @@ class GoodputPolicy(PolicyDefaults):
 
     def trim(self, draft: Draft) -> int:
         spent = self._draft_ms(draft.source) * len(draft.tokens)
-        probs, others, hold = self._probabilities(draft), self._others(), self._hold()
-        return best_prefix(probs, self._step_ms, spent, draft.parents, others, hold)
+        probs, others, margin = self._probabilities(draft), self._others(), self._margin()
+        return best_prefix(probs, self._step_ms, spent, draft.parents, others, margin)
 
     def value(self, draft: Draft) -> float:
         """Expected tokens per millisecond of verifying what trim() would keep of a draft
         in hand (its drafting is spent: a plain step is worth 1 / a one-token step)."""
-        probs, others, hold = self._probabilities(draft), self._others(), self._hold()
-        return best_prefix_and_rate(probs, self._step_ms, 0.0, draft.parents, others, hold)[1]
+        probs, others, margin = self._probabilities(draft), self._others(), self._margin()
+        return best_prefix_and_rate(probs, self._step_ms, 0.0, draft.parents, others, margin)[1]
 
     def observe(self, outcome: StepOutcome) -> None:
         self.generated += outcome.emitted
@@ -260,14 +262,12 @@ class GoodputPolicy(PolicyDefaults):
         return max(0, self.verify.explored_limit() - 1 - self.sharing.rows)
 
     def _others(self) -> float:
-        """Tokens the other requests in the step yield: one each (their own next token) at
-        least; what their drafts add is left out, so a draft here is priced a little
-        generously against them."""
-        return float(self.sharing.requests)
+        """Tokens the other requests in the step are expected to yield."""
+        return self.sharing.tokens
 
-    def _hold(self) -> float:
+    def _margin(self) -> float:
         """Hysteresis beside other requests (SWITCH); alone, none."""
-        return SWITCH if self.sharing.requests and not self.drafting else 1.0
+        return SWITCH if self.sharing.requests and not self.drafting else 0.0
 
     def _setup_share(self, drafter: str) -> float:
         """Each token's share of what a drafter not yet used in this request pays first (a

@@ -37,11 +37,11 @@ def best_prefix(
     spent_ms: float,
     parents: Sequence[int] | None = None,
     others: float = 0.0,
-    hold: float = 1.0,
+    margin: float = 0.0,
 ) -> int:
     """How many drafted nodes to verify, given each one's acceptance probability given its
     parent's: the prefix with the most expected tokens per millisecond of this step."""
-    return best_prefix_and_rate(probs, verify_ms, spent_ms, parents, others, hold)[0]
+    return best_prefix_and_rate(probs, verify_ms, spent_ms, parents, others, margin)[0]
 
 
 def best_prefix_and_rate(
@@ -50,15 +50,15 @@ def best_prefix_and_rate(
     spent_ms: float,
     parents: Sequence[int] | None = None,
     others: float = 0.0,
-    hold: float = 1.0,
+    margin: float = 0.0,
 ) -> tuple[int, float]:
     """Expected tokens of the first i nodes: 1 (the target's own) plus, per node, the
     chance that its whole root path is accepted; a chain when ``parents`` is None. With
-    ``others`` as in best_length; ``hold``: a prefix must beat verifying none by this
-    factor (hysteresis), and none is reported at its own rate."""
+    ``others`` as in best_length; ``margin``: a prefix must beat verifying none as if that
+    yielded this many tokens more (hysteresis), and none is reported at its own rate."""
     expected = 1.0 + others
     best, plain_rate = 0, expected / (verify_ms(1) + spent_ms)
-    best_rate = plain_rate * hold
+    best_rate = (expected + margin) / (verify_ms(1) + spent_ms)
     alive: list[float] = []  # [i] P(node's root path accepted)
     for i, p in enumerate(probs):
         parent = i - 1 if parents is None else parents[i]
