@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.console import Console
@@ -29,6 +29,7 @@ from adaspec.cli_options import (
     Dtype,
     K,
     Policy,
+    Questions,
     Target,
     Threads,
 )
@@ -37,6 +38,10 @@ from adaspec.engine import Engine
 from adaspec.errors import AdaspecError, ConfigError
 from adaspec.server.command import serve
 from adaspec.textstream import TextStream
+
+if TYPE_CHECKING:
+    from adaspec.bench.replay import Case
+    from adaspec.profile import CostProfile
 
 app = typer.Typer(
     help="Adaptive, lossless speculative decoding: faster generation, identical output.",
@@ -203,19 +208,25 @@ def profile(
     ks: Annotated[str, typer.Option(help="Draft sizes k to time.")] = "1,2,3,4,6,8,12,16",
     contexts: Annotated[str, typer.Option(help="Context lengths to time after.")] = "128,512,1024",
     repeats: Annotated[int, typer.Option(help="Timed repeats per point (after a warm-up).")] = 5,
+    slots: Annotated[
+        int, typer.Option(help="Spread each pass's k rows over up to this many requests.")
+    ] = 1,
     threads: Threads = None,
     device: Device = None,
     context: Context = None,
 ) -> None:
-    """Time the target's forward over k new tokens; print the table and save it as JSON."""
+    """Time the target's forward over k new tokens (with --slots, one pass over k rows of
+    several requests: a server's shared step); print the table and save it as JSON."""
     from adaspec.api import load_backend
     from adaspec.profile import measure
 
     k_list, context_list = _int_list(ks), _int_list(contexts)
-    if repeats < 1:
-        raise AdaspecError(f"--repeats must be >= 1, got {repeats}")
+    if repeats < 1 or slots < 1:
+        raise AdaspecError(f"--repeats and --slots must be >= 1, got {repeats} and {slots}")
     with err.status(f"loading {target}"):
-        model = load_backend(target, backend, device=device, threads=threads, context=context)
+        model = load_backend(
+            target, backend, device=device, threads=threads, context=context, slots=slots
+        )
     if max(context_list) + max(k_list) > model.context_length:
         raise AdaspecError(f"contexts exceed the model's {model.context_length}-token context")
     with err.status("timing forward(k)") as status:
@@ -225,6 +236,7 @@ def profile(
             context_list,
             repeats,
             on_point=lambda c, k, ms: status.update(f"context {c}, k={k}: {ms:.1f} ms"),
+            slots=slots,
         )
     table = Table(
         title=f"forward(k) ms, median of {repeats} · {result.backend} · {result.threads} threads"
@@ -347,6 +359,58 @@ def _print_finished(tick) -> None:
     )
 
 
+@app.command("bench-serve")
+@user_errors
+def bench_serve(
+    urls: Annotated[
+        list[str], typer.Argument(help="OpenAI-compatible servers, e.g. http://127.0.0.1:8000.")
+    ],
+    label: Annotated[
+        list[str] | None, typer.Option(help="A name per URL, in order (default: host:port).")
+    ] = None,
+    concurrency: Annotated[str, typer.Option(help="Concurrent clients, one level each.")] = (
+        "1,2,4,8"
+    ),
+    requests: Annotated[
+        int | None, typer.Option(help="Requests per level (default: --per-client per client).")
+    ] = None,
+    per_client: Annotated[int, typer.Option(help="Requests per client at each level.")] = 4,
+    questions: Questions = None,
+    max_tokens: Annotated[int, typer.Option(help="Most tokens per answer.")] = 128,
+    model: Annotated[
+        str | None, typer.Option(help="Model to ask for (default: each server's first listed).")
+    ] = None,
+    api_key: Annotated[str, typer.Option(help="Key the servers require.")] = "EMPTY",
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("bench-serve-out"),
+    warmup: Annotated[int, typer.Option(help="Unmeasured requests per server first.")] = 1,
+    timeout: Annotated[float, typer.Option(help="Seconds one request may take.")] = 300.0,
+) -> None:
+    """Load OpenAI-compatible servers with concurrent streamed chats, level by level:
+    tokens/s, requests/s, time to first token and inter-token latency, side by side."""
+    from adaspec.bench.questions import default_questions_path
+    from adaspec.bench.serve_bench import ServeBenchOptions, parse_concurrency, run_serve_bench
+    from adaspec.bench.serve_report import progress
+
+    options = ServeBenchOptions(
+        urls=tuple(urls),
+        labels=tuple(label or ()),
+        concurrency=parse_concurrency(concurrency),
+        requests=requests,
+        per_client=per_client,
+        questions=questions or default_questions_path(),
+        max_tokens=max_tokens,
+        model=model,
+        api_key=api_key,
+        warmup=warmup,
+        timeout=timeout,
+        out=out,
+    )
+    with progress(err, options.total_requests()) as on_tick:
+        outcome = run_serve_bench(options, on_tick)
+    Console().print(outcome.markdown, markup=False, highlight=False, soft_wrap=True)
+    err.print(f"wrote results.json, report.md, throughput.png in {out}")
+
+
 @app.command()
 @user_errors
 def replay(
@@ -358,6 +422,13 @@ def replay(
         Path | None,
         typer.Option(help="Cost profile JSON (default: this machine's for the bench's target)."),
     ] = None,
+    concurrency: Annotated[
+        str | None,
+        typer.Option(help="Requests in flight, e.g. 1,2,4,8,16: aggregate speedups under load."),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="With --concurrency: print {level: {method: x}}.")
+    ] = False,
 ) -> None:
     """Rerun methods over a bench's recorded greedy answers on a profiled clock: what each
     would gain, decode only, without the machine's noise (speed itself: `adaspec bench`)."""
@@ -369,6 +440,9 @@ def replay(
     check_methods(method_list)
     cases = replaying.load_cases(bench_dir)
     costs = CostProfile.load(profile) if profile else replaying.saved_profile(bench_dir)
+    if concurrency is not None:
+        _replay_under_load(method_list, cases, costs, _int_list(concurrency), as_json)
+        return
     baseline = replaying.replay(replaying.BASELINE, cases, costs)
     runs = {method: replaying.replay(method, cases, costs) for method in method_list}
     ratios = {method: replaying.speedups(baseline, runs[method]) for method in method_list}
@@ -381,6 +455,32 @@ def replay(
         (sum(r.accepted for r in runs[m]), sum(r.drafted for r in runs[m])) for m in method_list
     ]
     table.add_row("accepted/drafted", *(f"{a}/{d}" for a, d in tried))
+    Console().print(table)
+
+
+def _replay_under_load(
+    methods: list[str], cases: list[Case], costs: CostProfile, levels: list[int], as_json: bool
+) -> None:
+    from adaspec.bench.replay import BASELINE
+    from adaspec.bench.replay_load import speedups_under_load
+
+    with err.status(f"replaying {len(cases)} answers at {len(levels)} concurrencies"):
+        runs = speedups_under_load(methods, cases, costs, levels)
+    ratios = {
+        level: {m: by[BASELINE].seconds / run.seconds for m, run in by.items() if m != BASELINE}
+        for level, by in runs.items()
+    }
+    if as_json:
+        print(json.dumps({str(level): ratio for level, ratio in ratios.items()}, indent=1))
+        return
+    table = Table(title=f"replayed aggregate speedup over none, decode only · {len(cases)} answers")
+    for column in ["requests", *methods, "best fixed", "draft/step"]:
+        table.add_column(column)
+    for level, by in runs.items():
+        fixed = next(m for m in by if "@" in m)
+        shown = [f"{ratios[level][m]:.3f}×" for m in methods]
+        drafts = " ".join(f"{by[m].draft_per_step:.2f}" for m in methods)
+        table.add_row(str(level), *shown, f"{ratios[level][fixed]:.3f}× {fixed}", drafts)
     Console().print(table)
 
 

@@ -3,6 +3,7 @@ once so their help cannot drift apart."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -55,4 +56,7 @@ Context = Annotated[
 Device = Annotated[str | None, typer.Option(help="torch device (default: cuda if present).")]
 Dtype = Annotated[
     str | None, typer.Option(help="torch dtype: float32 (default) | bfloat16 | float16.")
+]
+Questions = Annotated[
+    Path | None, typer.Option(help="Spec-Bench JSONL (default: the shipped 480 questions).")
 ]
