@@ -86,17 +86,12 @@ def plain_tokens(vocab_size: int, n: int) -> list[int]:
     return [rng.randrange(low, high) for _ in range(n)]
 
 
-def given_profile(backend: Backend) -> CostProfile | None:
-    """The profile a backend's forwards are charged by, where it carries one (a replay's
-    scripted target): a policy must plan with the costs it will pay, not with a profile
-    saved on this machine for a model of the same name."""
-    return getattr(backend, "cost_profile", None)
-
-
 def planning_profile(backend: Backend) -> CostProfile | None:
-    """What a policy plans a backend's forwards with: its given profile, else the one
-    saved on this machine (None: neither)."""
-    return given_profile(backend) or saved_profile(backend)
+    """What a policy plans a backend's forwards with: the profile they are charged by,
+    where the backend carries one (``cost_profile``: a replay's scripted target), else the
+    one saved on this machine (None: neither). A replay must plan with the costs it will
+    pay, not with a profile saved here for a model of the same name."""
+    return getattr(backend, "cost_profile", None) or saved_profile(backend)
 
 
 def saved_profile(backend: Backend) -> CostProfile | None:
@@ -146,7 +141,10 @@ def measure(
         for view in views:
             view.reset()
             view.prefill(tokens[:context])
-        times = [time_pass(backend, tokens, k, slots, context, repeats, clock) for k in ks]
+        after = tokens[context:]
+        times = [
+            time_pass(backend, spread_rows(after, k, slots), context, repeats, clock) for k in ks
+        ]
         table.append([round(statistics.median(t), 2) for t in times])
         spread.append([round(max(t) - min(t), 2) for t in times])
         for k, ms in zip(ks, table[-1], strict=True):
@@ -165,32 +163,10 @@ def measure(
     )
 
 
-def time_pass(
-    backend: Backend,
-    tokens: list[int],
-    k: int,
-    slots: int,
-    context: int,
-    repeats: int,
-    clock: Callable[[], float] = perf_counter,
-) -> list[float]:
-    """``time_forward`` of k rows, spread over min(k, slots) slots in one pass."""
-    if slots == 1:
-        return time_forward(backend, tokens[context : context + k], context, repeats, clock)
+def spread_rows(tokens: Sequence[int], k: int, slots: int) -> list[SlotRows]:
+    """k rows of ``tokens`` spread evenly over the first min(k, slots) slots."""
     used = min(k, slots)
-    rows: list[SlotRows] = [
-        (i, tokens[context : context + k // used + (i < k % used)], None) for i in range(used)
-    ]
-    times = []
-    for i in range(repeats + 1):
-        started = clock()
-        float(forward_slots(backend, rows)[-1][-1, 0])  # reading a value waits for the device
-        elapsed = (clock() - started) * 1000
-        for slot in range(used):
-            slot_of(backend, slot).rollback(context)
-        if i:  # the first run is the warm-up
-            times.append(elapsed)
-    return times
+    return [(i, tokens[: k // used + (i < k % used)], None) for i in range(used)]
 
 
 def time_forward(
@@ -202,12 +178,25 @@ def time_forward(
 ) -> list[float]:
     """Milliseconds of ``repeats`` forwards over ``draft`` after ``context`` tokens (each
     rolled back), after one untimed warm-up."""
+    return time_pass(backend, [(0, draft, None)], context, repeats, clock)
+
+
+def time_pass(
+    backend: Backend,
+    rows: Sequence[SlotRows],
+    context: int,
+    repeats: int,
+    clock: Callable[[], float] = perf_counter,
+) -> list[float]:
+    """``time_forward`` of several slots' rows in one pass, each slot holding ``context``
+    tokens (a batch of one is that slot's forward)."""
     times = []
     for i in range(repeats + 1):
         started = clock()
-        float(backend.forward(draft)[-1, 0])  # reading a value waits for the device
+        float(forward_slots(backend, rows)[-1][-1, 0])  # reading a value waits for the device
         elapsed = (clock() - started) * 1000
-        backend.rollback(context)
+        for slot, _, _ in rows:
+            slot_of(backend, slot).rollback(context)
         if i:  # the first run is the warm-up
             times.append(elapsed)
     return times

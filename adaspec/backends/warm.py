@@ -11,7 +11,7 @@ size once warmed costs no more the first time than later ones on either backend
 
 from __future__ import annotations
 
-from adaspec.backends.base import Backend, SlotRows
+from adaspec.backends.base import Backend, SlotRows, slot_of
 from adaspec.profile import plain_tokens
 from adaspec.tree import ROOT
 
@@ -43,7 +43,7 @@ def _warm_model(model: Backend) -> None:
 
 def _warm_shared_pass(target: Backend) -> None:
     prompt = plain_tokens(target.vocab_size, PROMPT_TOKENS + 2)
-    slots = [target.slot(i) if i else target for i in range(target.slots)]
+    slots = [slot_of(target, i) for i in range(target.slots)]
     for slot in slots:
         slot.reset()
         slot.prefill(prompt[:PROMPT_TOKENS])

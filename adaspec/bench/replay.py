@@ -80,7 +80,7 @@ class ScriptedTarget:
     def __init__(
         self, profile: CostProfile, clock: ScriptedClock, vocab_size: int, slots: int = 1
     ) -> None:
-        self.cost_profile = profile  # what a policy plans with (profile.given_profile)
+        self.cost_profile = profile  # what a policy plans with (profile.planning_profile)
         self.clock = clock
         self.label, self.name, self.threads = profile.model, profile.backend, profile.threads
         self.script: list[int] = []
