@@ -6,7 +6,7 @@ import functools
 import json
 import logging
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TypeVar
@@ -32,6 +32,7 @@ from adaspec.cli_options import (
     Questions,
     Target,
     Threads,
+    counts,
 )
 from adaspec.config import GenerationConfig, SamplingParams
 from adaspec.engine import Engine
@@ -188,16 +189,6 @@ def _stream(engine: Engine, ids: list[int], config: GenerationConfig) -> None:
 app.command("serve")(user_errors(serve))
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise AdaspecError(f"expected comma-separated whole numbers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise AdaspecError(f"expected positive whole numbers, got {text!r}")
-    return sorted(set(values))
-
-
 @app.command()
 @user_errors
 def profile(
@@ -220,7 +211,7 @@ def profile(
     from adaspec.api import load_backend
     from adaspec.profile import measure
 
-    k_list, context_list = _int_list(ks), _int_list(contexts)
+    k_list, context_list = counts(ks, "--ks"), counts(contexts, "--contexts")
     if repeats < 1 or slots < 1:
         raise AdaspecError(f"--repeats and --slots must be >= 1, got {repeats} and {slots}")
     with err.status(f"loading {target}"):
@@ -388,13 +379,13 @@ def bench_serve(
     """Load OpenAI-compatible servers with concurrent streamed chats, level by level:
     tokens/s, requests/s, time to first token and inter-token latency, side by side."""
     from adaspec.bench.questions import default_questions_path
-    from adaspec.bench.serve_bench import ServeBenchOptions, parse_concurrency, run_serve_bench
+    from adaspec.bench.serve_bench import ServeBenchOptions, run_serve_bench
     from adaspec.bench.serve_report import progress
 
     options = ServeBenchOptions(
         urls=tuple(urls),
         labels=tuple(label or ()),
-        concurrency=parse_concurrency(concurrency),
+        concurrency=counts(concurrency, "--concurrency"),
         requests=requests,
         per_client=per_client,
         questions=questions or default_questions_path(),
@@ -441,7 +432,7 @@ def replay(
     cases = replaying.load_cases(bench_dir)
     costs = CostProfile.load(profile) if profile else replaying.saved_profile(bench_dir)
     if concurrency is not None:
-        _replay_under_load(method_list, cases, costs, _int_list(concurrency), as_json)
+        _replay_under_load(method_list, cases, costs, counts(concurrency, "--concurrency"), as_json)
         return
     baseline = replaying.replay(replaying.BASELINE, cases, costs)
     runs = {method: replaying.replay(method, cases, costs) for method in method_list}
@@ -459,7 +450,11 @@ def replay(
 
 
 def _replay_under_load(
-    methods: list[str], cases: list[Case], costs: CostProfile, levels: list[int], as_json: bool
+    methods: list[str],
+    cases: list[Case],
+    costs: CostProfile,
+    levels: Sequence[int],
+    as_json: bool,
 ) -> None:
     from adaspec.bench.replay import BASELINE
     from adaspec.bench.replay_load import speedups_under_load

@@ -10,6 +10,7 @@ import typer
 
 from adaspec import models
 from adaspec.drafters import DRAFTERS
+from adaspec.errors import ConfigError
 from adaspec.policies import POLICIES
 
 Target = Annotated[str, typer.Option(help="Target model: name, .gguf file or HF folder.")]
@@ -60,3 +61,15 @@ Dtype = Annotated[
 Questions = Annotated[
     Path | None, typer.Option(help="Spec-Bench JSONL (default: the shipped 480 questions).")
 ]
+
+
+def counts(text: str, option: str) -> tuple[int, ...]:
+    """An option's comma-separated positive whole numbers ('4, 1,4' -> (1, 4)): sorted,
+    without repeats."""
+    try:
+        values = {int(v) for v in text.split(",") if v.strip()}
+    except ValueError:
+        values = set()
+    if not values or min(values) < 1:
+        raise ConfigError(f"{option} takes positive whole numbers like 1,2,4,8; got {text!r}")
+    return tuple(sorted(values))

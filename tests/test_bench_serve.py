@@ -28,12 +28,12 @@ from adaspec.bench.questions import default_questions_path, load_questions
 from adaspec.bench.serve_bench import (
     ServeBenchOptions,
     Tick,
-    parse_concurrency,
     round_robin,
     run_serve_bench,
 )
 from adaspec.bench.serve_report import CHUNKS_NOTE, progress, summarize
 from adaspec.cli import app
+from adaspec.cli_options import counts
 from adaspec.errors import ConfigError
 from adaspec.server.launch import base_url, bind
 from tests.live import live_server
@@ -43,16 +43,8 @@ STUB_TOKENS = 5  # what the stub answers, one chunk each
 CATEGORIES = ["writing", "coding", "math"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def module_cache(tmp_path_factory):
-    """The engine here lives for the module: its cache is the module's, not the user's."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("ADASPEC_CACHE", str(tmp_path_factory.mktemp("bench-serve-cache")))
-        yield
-
-
 @pytest.fixture(scope="module")
-def adaspec_url(model_dir) -> Iterator[str]:
+def adaspec_url(model_dir, module_cache) -> Iterator[str]:
     engine = load(str(model_dir), backend="torch", drafter="none", slots=2)
     with live_server(engine, parallel=2, api_keys=(KEY,)) as live:
         yield live.url
@@ -263,7 +255,7 @@ def test_round_robin_mixes_the_shipped_categories():
     ("text", "levels"), [("1,2,4,8", (1, 2, 4, 8)), ("4, 1,4", (1, 4)), ("3", (3,))]
 )
 def test_parse_concurrency(text, levels):
-    assert parse_concurrency(text) == levels
+    assert counts(text, "--concurrency") == levels
 
 
 runner = CliRunner()

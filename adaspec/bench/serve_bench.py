@@ -104,17 +104,6 @@ class Outcome:
     paths: list[Path]
 
 
-def parse_concurrency(text: str) -> tuple[int, ...]:
-    """'1,2,4,8' -> (1, 2, 4, 8): sorted, without repeats."""
-    try:
-        values = {int(v) for v in text.split(",") if v.strip()}
-    except ValueError:
-        values = set()
-    if not values or min(values) < 1:
-        raise ConfigError(f"--concurrency takes positive whole numbers like 1,2,4,8; got {text!r}")
-    return tuple(sorted(values))
-
-
 def round_robin(questions: Sequence[Question], n: int) -> list[Question]:
     """The first n questions taking each category in turn (file order within one), so even a
     small level sees a mix; the list repeats if n is larger than the file."""
