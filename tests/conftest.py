@@ -39,6 +39,15 @@ def one_thread():
     torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="module")
+def module_cache(tmp_path_factory):
+    """A cache of its own for an engine a module-scoped fixture loads (own_cache, per test,
+    comes too late for it), never the user's."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ADASPEC_CACHE", str(tmp_path_factory.mktemp("module-cache")))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def own_cache(request, tmp_path_factory, monkeypatch):
     """Unit tests write what a load times or converts (weight layouts, cost profiles) into a

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 
 import httpx
 import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
 
 from adaspec.engine import Engine
 from adaspec.server.app import create_app
@@ -61,3 +62,13 @@ def live_server(engine: Engine, ready: bool = True, **settings) -> Iterator[Live
 
 def client(server: LiveServer, **headers: str) -> httpx.Client:
     return httpx.Client(base_url=server.url, headers=headers, timeout=30.0)
+
+
+def metric_samples(text: str) -> dict[str, float]:
+    """Every sample of a /metrics answer, keyed by name and labels."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return out

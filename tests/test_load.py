@@ -47,8 +47,8 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
+from tests.live import metric_samples
 from tests.tiny import make_tokenizer, save_model_dir
 
 pytestmark = pytest.mark.load
@@ -166,13 +166,7 @@ class Served:
 
     def scrape(self) -> dict[str, float]:
         """Every sample of /metrics, keyed by name and labels."""
-        text = httpx.get(f"{self.url}/metrics", timeout=10).text
-        out = {}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-                out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-        return out
+        return metric_samples(httpx.get(f"{self.url}/metrics", timeout=10).text)
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])

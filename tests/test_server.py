@@ -18,7 +18,6 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from adaspec.api import load
 from adaspec.errors import ModelError
@@ -26,7 +25,7 @@ from adaspec.server.bridge import EventBridge
 from adaspec.server.launch import serve
 from adaspec.server.scheduler import Failed, Step, Ticket
 from adaspec.server.settings import ServerSettings
-from tests.live import LiveServer, client, live_server
+from tests.live import LiveServer, client, live_server, metric_samples
 
 PROMPTS = ["def reverse(head):", "The quick brown fox", "Summarize the following", "models run"]
 CHAT = [
@@ -47,23 +46,15 @@ def no_threads_left():
     assert not left, f"threads left behind: {left}"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def module_cache(tmp_path_factory):
-    """The engines here live for the module: their cache is the module's, not the user's."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("ADASPEC_CACHE", str(tmp_path_factory.mktemp("server-cache")))
-        yield
-
-
 @pytest.fixture(scope="module")
-def reference(model_dir):
+def reference(model_dir, module_cache):
     """Plain decoding outside any server (only the scheduler's thread may touch a server's
     engine)."""
     return load(str(model_dir), backend="torch", drafter="none")
 
 
 @pytest.fixture(scope="module")
-def server(model_dir):
+def server(model_dir, module_cache):
     engine = load(str(model_dir), backend="torch", drafter="none")
     with live_server(engine, max_body_bytes=64 * 1024) as live:
         yield live
@@ -103,13 +94,7 @@ def events(response: httpx.Response) -> list[dict]:
 
 def scrape(live: LiveServer) -> dict[str, float]:
     """Every sample of /metrics, keyed by name and labels."""
-    text = httpx.get(f"{live.url}/metrics").text
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return out
+    return metric_samples(httpx.get(f"{live.url}/metrics").text)
 
 
 def test_health_and_models(server):
