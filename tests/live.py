@@ -15,12 +15,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from adaspec.engine import Engine
 from adaspec.server.app import create_app
 from adaspec.server.launch import base_url, bind
+from adaspec.server.model_thread import ModelThread
 from adaspec.server.settings import ServerSettings
 
 
 class LiveServer:
-    def __init__(self, engine: Engine, settings: ServerSettings) -> None:
-        self.app = create_app(engine, settings)
+    def __init__(
+        self, engine: Engine, settings: ServerSettings, thread: ModelThread | None = None
+    ) -> None:
+        self.app = create_app(engine, settings, thread)
         self.sock = bind("127.0.0.1", 0)
         self.url = base_url(self.sock)
         config = uvicorn.Config(self.app, log_level="warning", access_log=False)

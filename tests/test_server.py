@@ -20,9 +20,11 @@ import openai
 import pytest
 
 from adaspec.api import load
+from adaspec.build import EngineSpec
 from adaspec.errors import ModelError
 from adaspec.server.bridge import EventBridge
-from adaspec.server.launch import serve
+from adaspec.server.launch import load_engine, serve
+from adaspec.server.model_thread import ModelThread
 from adaspec.server.scheduler import Failed, Step, Ticket
 from adaspec.server.settings import ServerSettings
 from tests.live import LiveServer, client, live_server, metric_samples
@@ -230,6 +232,34 @@ def test_requests_run_side_by_side_in_slots(model_dir, reference, slow_steps):
                 busy.append(scrape(live)["adaspec_slots_busy"])
             assert list(answers) == expected
     assert max(busy) == 2
+
+
+def test_every_model_call_runs_on_the_thread_that_loaded_the_models(model_dir, monkeypatch):
+    """Load, warm-up and requests on one thread: OpenMP keeps a pool per calling thread,
+    and pools that outnumber the cores sleep at each barrier (ModelThread says why)."""
+    callers: set[int] = set()
+    backend = type(load(str(model_dir), backend="torch", drafter="none").target)
+    for name in ("prefill", "forward", "score_prompt", "forward_slots"):
+        original = getattr(backend, name)
+
+        def traced(*args, _original=original, **kwargs):
+            callers.add(threading.get_ident())
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(backend, name, traced)
+    thread = ModelThread()
+    engine = load_engine(
+        EngineSpec(target=str(model_dir), backend="torch", drafter="ngram"), thread
+    )
+    live = LiveServer(engine, ServerSettings(model_id="tiny"), thread)
+    live.start()
+    try:
+        with client(live) as http:
+            body = {"prompt": PROMPTS[0], "max_tokens": 8}
+            assert http.post("/v1/completions", json=body).status_code == 200
+    finally:
+        live.stop()
+    assert len(callers) == 1 and threading.get_ident() not in callers
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -20,6 +20,7 @@ from adaspec.engine import Engine
 from adaspec.server.errors import install_handlers
 from adaspec.server.guards import LimitBody, RequireKey
 from adaspec.server.metrics import CountRequests
+from adaspec.server.model_thread import ModelThread
 from adaspec.server.routes import router
 from adaspec.server.settings import ServerSettings
 from adaspec.server.state import ServerState
@@ -28,9 +29,12 @@ from adaspec.server.warmup import warm_up
 PATHS = frozenset({"/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions"})
 
 
-def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
-    """An app serving ``engine``; nothing runs until the app's lifespan starts."""
-    server = ServerState(settings, engine)
+def create_app(
+    engine: Engine, settings: ServerSettings, thread: ModelThread | None = None
+) -> FastAPI:
+    """An app serving ``engine``; nothing runs until the app's lifespan starts. ``thread``:
+    the one that loaded the engine, where every model call must run (ModelThread)."""
+    server = ServerState(settings, engine, thread=thread or ModelThread())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -59,15 +63,16 @@ def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
 
 @contextlib.asynccontextmanager
 async def running(server: ServerState) -> AsyncIterator[None]:
-    """The scheduler, started and warmed up in the background; drained at the end."""
+    """The models warmed up and the scheduler started, in the background; drained at the
+    end."""
     scheduler = server.scheduler
-    scheduler.start()
     warming = asyncio.create_task(warm_up(server))
     try:
         yield
     finally:
         warming.cancel()
         await asyncio.to_thread(scheduler.shutdown, server.settings.drain_timeout_s)
+        server.thread.close()
 
 
 async def health(request: Request) -> JSONResponse:

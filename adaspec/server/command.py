@@ -60,6 +60,7 @@ def serve(
     """Serve the model over an OpenAI-compatible HTTP API until SIGTERM or Ctrl-C."""
     from adaspec.server.launch import bind, load_engine
     from adaspec.server.launch import serve as run_server
+    from adaspec.server.model_thread import ModelThread
     from adaspec.server.settings import ServerSettings
 
     spec = EngineSpec(
@@ -86,12 +87,14 @@ def serve(
         api_keys=tuple(api_key or ()),
     )
     sock = bind(host, port)  # a port in use fails now, not after the load
+    thread = ModelThread()
     with err.status(f"loading {target}" + (f" and {draft}" if draft else "")):
-        engine = load_engine(spec)
+        engine = load_engine(spec, thread)
     err.print(f"warming up {target}", highlight=False)
     run_server(
         engine,
         settings,
         announce=lambda url: typer.echo(f"adaspec: serving {target} at {url}/v1"),
         sock=sock,
+        thread=thread,
     )

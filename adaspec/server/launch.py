@@ -19,14 +19,16 @@ from adaspec.build import EngineSpec, build_engine
 from adaspec.engine import Engine
 from adaspec.errors import ConfigError, ModelError
 from adaspec.server.app import create_app
+from adaspec.server.model_thread import ModelThread
 from adaspec.server.settings import ServerSettings
 from adaspec.server.state import ServerState
 
 
-def load_engine(spec: EngineSpec) -> Engine:
+def load_engine(spec: EngineSpec, thread: ModelThread) -> Engine:
     """The one place the server builds its engine (``spec.slots``: one per request run at
-    once, as ``--parallel`` asks)."""
-    return build_engine(spec)
+    once, as ``--parallel`` asks), on the thread that will run all its model calls: a
+    profile timed at load runs there too (ModelThread says why)."""
+    return thread.run(build_engine, spec)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -55,11 +57,12 @@ def serve(
     settings: ServerSettings,
     announce: Callable[[str], None],
     sock: socket.socket | None = None,
+    thread: ModelThread | None = None,
 ) -> None:
     """Serve until told to stop, on ``sock`` (else a socket bound to the settings' address);
-    ``announce`` gets the base URL once the server is ready. Raises ModelError where the
-    warm-up failed."""
-    app = create_app(engine, settings)
+    ``announce`` gets the base URL once the server is ready; ``thread``: the one that
+    loaded the engine. Raises ModelError where the warm-up failed."""
+    app = create_app(engine, settings, thread)
     sock = sock or bind(settings.host, settings.port)
     config = uvicorn.Config(
         app,

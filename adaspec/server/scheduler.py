@@ -4,20 +4,24 @@ The HTTP app submits a request and gets a ``Ticket``; the scheduler's thread adm
 requests into free slots and runs one engine step for every active request per
 iteration, handing each step's new token ids to the ticket's callback. torch's thread
 count is process-wide and llama.cpp's context is not thread-safe, so only this thread
-touches a backend.
+touches a backend: the server's ModelThread, which loaded the models and warmed them up.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, field
 
 from adaspec.config import GenerationConfig
 from adaspec.engine import Engine, Generation, GenerationResult
 from adaspec.errors import AdaspecError, ConfigError
+from adaspec.server.model_thread import ModelThread
 from adaspec.stats import StepOutcome
 from adaspec.tree import common_prefix
 
@@ -89,7 +93,12 @@ class Scheduler:
     what ran before or beside it."""
 
     def __init__(
-        self, engine: Engine, parallel: int = 1, max_queue: int = 64, prefix_reuse: bool = True
+        self,
+        engine: Engine,
+        parallel: int = 1,
+        max_queue: int = 64,
+        prefix_reuse: bool = True,
+        thread: ModelThread | None = None,
     ) -> None:
         slots = getattr(engine.target, "slots", 1)
         if not 1 <= parallel <= slots:
@@ -106,7 +115,9 @@ class Scheduler:
         self._lock = threading.Condition()
         self._ids = itertools.count(1)
         self._stopping = False
-        self._thread: threading.Thread | None = None
+        self._thread = thread  # the models' own thread; a new one where none is given
+        self._owns_thread = thread is None
+        self._loop: Future[None] | None = None
 
     @property
     def busy_slots(self) -> int:
@@ -117,8 +128,9 @@ class Scheduler:
         return len(self._queue)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="adaspec-scheduler", daemon=True)
-        self._thread.start()
+        self._thread = self._thread or ModelThread("adaspec-scheduler")
+        self._loop = self._thread.submit(self._run)
+        self._loop.add_done_callback(_log_failure)
 
     def submit(
         self, prompt: list[int], config: GenerationConfig, on_event: Callable[[Event], None]
@@ -142,8 +154,10 @@ class Scheduler:
         with self._lock:
             self._stopping = True
             self._lock.notify()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        if self._loop is not None:
+            wait_for([self._loop], timeout)
+        if self._owns_thread and self._thread is not None:
+            self._thread.close()
 
     def _run(self) -> None:
         while self._wait_for_work():
@@ -237,3 +251,12 @@ class Scheduler:
             ticket.on_event(Failed(error))
         else:
             ticket.on_event(Finished(generation.finished(), generation.cached_tokens, cancelled))
+
+
+def _log_failure(loop: Future[None]) -> None:
+    """A loop that raised is a bug in adaspec: say so, as a thread's end would."""
+    error = loop.exception()
+    if error is not None:
+        logging.getLogger("adaspec.server").error(
+            "the scheduler stopped", exc_info=(type(error), error, error.__traceback__)
+        )

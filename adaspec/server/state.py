@@ -13,6 +13,7 @@ from adaspec.engine import Engine
 from adaspec.errors import ConfigError
 from adaspec.server.errors import APIError
 from adaspec.server.metrics import Metrics
+from adaspec.server.model_thread import ModelThread
 from adaspec.server.scheduler import Scheduler
 from adaspec.server.settings import ServerSettings
 
@@ -25,6 +26,7 @@ class ServerState:
     problem: str = ""  # why, when "error"
     created: int = field(default_factory=lambda: int(time.time()))
     settled: threading.Event = field(default_factory=threading.Event)  # ok or error
+    thread: ModelThread = field(default_factory=ModelThread)  # every model call runs there
     scheduler: Scheduler = field(init=False)  # started by the app's lifespan
     metrics: Metrics = field(init=False)
 
@@ -35,7 +37,7 @@ class ServerState:
             raise ConfigError("the server takes text: load a model that has a tokenizer")
         settings = self.settings
         self.scheduler = Scheduler(
-            self.engine, settings.parallel, settings.max_queue, settings.prefix_reuse
+            self.engine, settings.parallel, settings.max_queue, settings.prefix_reuse, self.thread
         )
         self.metrics = Metrics(
             busy=lambda: self.scheduler.busy_slots,

@@ -24,12 +24,13 @@ WARM_UPS = (
 
 
 async def warm_up(server: ServerState) -> None:
-    """Warm every path, then mark the server ready (or failed, with why). The paths run
-    on the engine before any request can reach it (all are refused until ready)."""
+    """Warm every path on the models' thread, start the scheduler there, warm it up, then
+    mark the server ready (or failed, with why). Requests are refused until ready."""
     prompt = server.tokenizer.encode(WARM_UP_PROMPT)
     engine = server.engine
     try:
-        await asyncio.to_thread(warm_paths, engine.target, engine.draft)
+        await asyncio.wrap_future(server.thread.submit(warm_paths, engine.target, engine.draft))
+        server.scheduler.start()
         side_by_side = server.settings.parallel  # more would queue, and a queue may be full
         for first in range(0, len(WARM_UPS), side_by_side):
             completions = [
