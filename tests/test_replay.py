@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
+from adaspec.bench import replay as replaying
 from adaspec.bench.harness import BenchOptions, run_bench
 from adaspec.bench.replay import (
     Case,
@@ -113,6 +116,71 @@ def test_recorded_rows_give_the_runners_up_where_the_script_goes():
     assert row.softmax(-1)[[3, 8]].tolist() == pytest.approx([0.6, 0.3], abs=1e-3)
     off = target.forward([8])[0]
     assert int(off.argmax()) == 0 and off.unique().numel() == 1  # flat: nothing to learn
+
+
+ROW_PROBS = (
+    [0.6, 0.15, 0.08, 0.04, 0.04, 0.03, 0.02, 0.01],  # two runners-up recorded alike
+    [0.9, 0.05, 0.02, 0.01, 0.005, 1e-3, 1e-6, 1e-7],  # an even tail would outrank the last
+)
+
+
+def recorded_cases(seed: int = 0, width: int = 20_000) -> list[Case]:
+    """Answers over a wide vocabulary that partly copy their prompts, each token recorded
+    with a few runners-up (ids anywhere in the vocabulary) and their probabilities."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(3):
+        prompt = [rng.randrange(width) for _ in range(30)]
+        fresh = [rng.randrange(width) for _ in range(8)]
+        answer = prompt[5:15] + fresh + prompt[5:15] + fresh[:6]  # repeats its own text
+        others = [[i for i in rng.sample(range(width), 8) if i != t][:7] for t in answer]
+        top_ids = [[t, *runners_up] for t, runners_up in zip(answer, others, strict=True)]
+        top_probs = [ROW_PROBS[j % 2] for j in range(len(answer))]
+        out.append(Case(i, f"c{i}", prompt, answer, top_ids, top_probs))
+    return out
+
+
+def test_compact_rows_rank_and_weigh_the_named_ids_as_whole_rows_do():
+    """On the compact vocabulary a row gives the ids it names the whole row's
+    probabilities (within 0.1%, where a near-sure row's tail is held below its last
+    runner-up), and its top 8 (recycling's width) are the whole row's, in order."""
+    cases = recorded_cases()
+    kept = torch.tensor(replaying.kept_ids(cases))
+    small, compact_target = replaying.scripted(cases, profile(GPU_LIKE), ScriptedClock())
+    whole_target = ScriptedTarget(profile(GPU_LIKE), ScriptedClock(), replaying.vocab_of(cases))
+    for renumbered, case in zip(small, cases, strict=True):
+        for target, played in ((compact_target, renumbered), (whole_target, case)):
+            target.reset()
+            target.play(played)
+        rows = [
+            (compact_target.score_prompt(renumbered.prompt), whole_target.score_prompt(case.prompt))
+        ]
+        rows += [
+            (compact_target.forward([a])[0], whole_target.forward([b])[0])
+            for a, b in zip(renumbered.answer[:-1], case.answer[:-1], strict=True)  # on the script
+        ]
+        for (part, whole), named in zip(rows, case.top_ids, strict=True):
+            part_top, whole_top = part.topk(8).indices, whole.topk(8).indices
+            assert kept[part_top].tolist() == whole_top.tolist() == named
+            assert part.softmax(-1)[part_top].tolist() == pytest.approx(
+                whole.softmax(-1)[whole_top].tolist(), rel=1e-3
+            )
+        part, whole = compact_target.forward([0])[0], whole_target.forward([0])[0]  # off: flat
+        assert kept[part.topk(8).indices].tolist() == whole.topk(8).indices.tolist()
+
+
+@pytest.mark.parametrize("method", ["auto:goodput", "recycling:fixed", "aded:fixed"])
+def test_a_replay_on_the_ids_named_decides_as_on_the_whole_vocabulary(method, monkeypatch):
+    """compact() renumbers the cases onto the ids they name: every drafter and policy
+    choice, so every scripted second, is the same as on the full vocabulary's rows."""
+    cases = recorded_cases()
+    small = replay(method, cases, profile(GPU_LIKE))
+    monkeypatch.setattr(replaying, "compact", list)  # the cases as recorded
+    whole = replay(method, cases, profile(GPU_LIKE))
+    assert [(r.seconds, r.drafted, r.accepted) for r in small] == [
+        (r.seconds, r.drafted, r.accepted) for r in whole
+    ]
+    assert sum(r.drafted for r in whole) > 0
 
 
 def test_a_bench_records_the_baseline_rows_for_replay(model_dir, tmp_path):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -23,12 +23,19 @@ import torch
 from adaspec.backends.base import SlotRows
 from adaspec.bench.methods import AdaspecMethod
 from adaspec.config import GenerationConfig
+from adaspec.drafters import DRAFTERS
 from adaspec.errors import ConfigError
 from adaspec.models import resolve_model
 from adaspec.profile import CostProfile, profile_path
 from adaspec.tree import TokenTree
 
 BASELINE = "none"
+KEPT_LOW_IDS = 64  # a compact replay keeps these ids whether named or not (kept_ids)
+TIE_BREAK = 1e-5  # nats between runners-up recorded with equal probabilities
+TAIL_GAP = 1.0  # nats between a row's last named runner-up and its unnamed tail
+# The most runners-up of a row any drafter learns from (recycling's 8): rows that record
+# as many can be replayed on the ids the cases name (compact).
+DRAFTERS_ROW_TOP_K = max(getattr(DRAFTERS.get(name), "row_top_k", 0) for name in DRAFTERS.names())
 
 
 @dataclass(frozen=True)
@@ -185,9 +192,14 @@ class ScriptedTarget:
         answered = at - len(case.prompt) if case is not None else -1
         if recorded and 0 <= answered < len(case.top_ids):
             ids, probs = case.top_ids[answered], case.top_probs[answered]
+            named = torch.tensor(probs).clamp_min(1e-9).log()  # the recorded runners-up
+            named -= TIE_BREAK * torch.arange(len(ids))  # equal ones keep the record's order
             rest = max(1.0 - sum(probs), 1e-9) / max(self._vocab_size - len(ids), 1)
-            row.fill_(math.log(rest))  # the mass the record leaves, spread over the rest
-            row[ids] = torch.tensor(probs).clamp_min(1e-9).log()  # the recorded runners-up
+            # The mass the record leaves, spread over the rest, each below the last named:
+            # an even spread would outrank a near-sure row's runners-up and put ids the
+            # record never named in a drafter's top-k.
+            row.fill_(min(math.log(rest), float(named.min()) - TAIL_GAP))
+            row[ids] = named
             if int(row.argmax()) != self.script[at]:  # greedy chose it: it stays the argmax
                 row[self.script[at]] = row.max() + 1e-4
         return row
@@ -233,7 +245,7 @@ def replay(method: str, cases: Sequence[Case], profile: CostProfile) -> list[Rep
     Raises if the method's output leaves the script: that would be a lossless bug. Model-free
     only: there is no draft model to script, so ``auto`` replays without its model arm."""
     clock = ScriptedClock()
-    target = ScriptedTarget(profile, clock, vocab_of(cases))
+    cases, target = scripted(cases, profile, clock)
     engine = AdaspecMethod(method, target, None, clock=clock, time_costs=False).engine
     replayed = []
     for case in cases:
@@ -255,6 +267,43 @@ def vocab_of(cases: Sequence[Case]) -> int:
     return 1 + max(max([*c.prompt, *c.answer, *_flat(c.top_ids)]) for c in cases)
 
 
+def scripted(
+    cases: Sequence[Case], profile: CostProfile, clock: ScriptedClock, slots: int = 1
+) -> tuple[list[Case], ScriptedTarget]:
+    """The cases, on a compact vocabulary where their rows allow it (``compact``), and a
+    target scripted to play them."""
+    played = compact(cases) if rows_reach(cases) >= DRAFTERS_ROW_TOP_K else list(cases)
+    target = ScriptedTarget(profile, clock, vocab_of(played), slots)
+    return played, target
+
+
+def compact(cases: Sequence[Case]) -> list[Case]:
+    """The cases renumbered onto the ids they name, in order. Where every row records at
+    least as many runners-up as any drafter learns from, a row ranks and weighs them as
+    on the whole vocabulary (its unnamed tail holds the same mass, below them), so every
+    choice a drafter or policy makes is the same; and rows of a few thousand ids instead
+    of 152k make a replay with tree drafters several times faster."""
+    new = {old: index for index, old in enumerate(kept_ids(cases))}
+
+    def renumber(tokens: list[int]) -> list[int]:
+        return [new[t] for t in tokens]
+
+    return [
+        replace(
+            c,
+            prompt=renumber(c.prompt),
+            answer=renumber(c.answer),
+            top_ids=[renumber(row) for row in c.top_ids] if c.top_ids is not None else None,
+        )
+        for c in cases
+    ]
+
+
+def rows_reach(cases: Sequence[Case]) -> int:
+    """The fewest runners-up any recorded row holds (0 where a case has none recorded)."""
+    return min(min((len(row) for row in c.top_ids), default=0) if c.top_ids else 0 for c in cases)
+
+
 def speedups(baseline: Sequence[Replayed], method: Sequence[Replayed]) -> dict[str, float]:
     """Per category and ``overall``: the baseline's scripted seconds over the method's."""
     base: dict[str, float] = {}
@@ -264,6 +313,13 @@ def speedups(baseline: Sequence[Replayed], method: Sequence[Replayed]) -> dict[s
             base[key] = base.get(key, 0.0) + b.seconds
             ours[key] = ours.get(key, 0.0) + m.seconds
     return {key: base[key] / ours[key] for key in base}
+
+
+def kept_ids(cases: Sequence[Case]) -> list[int]:
+    """The ids a compact replay keeps, in order: those the cases name, and the lowest (a
+    flat row off the script ties everywhere, and its top-k is the lowest ids)."""
+    named = {i for c in cases for i in (*c.prompt, *c.answer, *_flat(c.top_ids))}
+    return sorted(named | set(range(KEPT_LOW_IDS)))
 
 
 def _flat(rows: list[list[int]] | None) -> list[int]:

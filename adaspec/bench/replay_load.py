@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from adaspec.backends.base import slot_of
 from adaspec.bench.methods import AdaspecMethod
-from adaspec.bench.replay import BASELINE, Case, ScriptedClock, ScriptedTarget, vocab_of
+from adaspec.bench.replay import BASELINE, Case, ScriptedClock, ScriptedTarget, scripted
 from adaspec.config import GenerationConfig
 from adaspec.engine import Engine, Generation
 from adaspec.profile import CostProfile
@@ -53,7 +53,7 @@ def replay_load(
     """Run the cases through one engine with ``concurrency`` slots, a new case entering a
     slot as soon as it is free. Raises if an answer leaves its script (a lossless bug)."""
     clock = ScriptedClock()
-    target = ScriptedTarget(profile, clock, vocab_of(cases), slots=concurrency)
+    cases, target = scripted(cases, profile, clock, slots=concurrency)
     engine = AdaspecMethod(method, target, None, k=k, clock=clock, time_costs=False).engine
     waiting = deque(cases)
     running: dict[int, tuple[Generation, Case]] = {}  # by slot
