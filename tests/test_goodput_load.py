@@ -140,3 +140,18 @@ def test_switching_on_beside_others_needs_a_margin():
     assert planned_beside(others, drafting=False, probability=high) == 1
     alone_low = (1 + low) / cost(2) > 1 / cost(1)
     assert planned_beside(0, drafting=False, probability=low) == int(alone_low)
+
+
+def test_a_pass_of_a_size_not_timed_twice_does_not_hold_drafts_back():
+    """A busy server's pass changes size every step (requests join, leave, draft): once
+    any pass is timed, a request beside others plans from the estimate, as alone it does
+    after two one-token steps. Waiting for each size to be timed twice kept most steps of
+    16 replayed requests plain on a GPU-like curve."""
+    policy = GoodputPolicy(8)
+    state = DecodeState([1, 2, 3], 3, SamplingParams(), torch.Generator())
+    policy.start(state, ARMS)
+    policy.observe(StepOutcome(0, 0, 1, 0.0, 0.028, batch_rows=16))  # one pass of 16, timed
+    state.sharing = Sharing(rows=30, tokens=15.0, requests=15)  # this pass: 31 rows or more
+    assert policy.budget(state).for_drafter("synthetic").max_tokens > 0
+    state.sharing = Sharing()  # alone, no one-token step timed yet: a plain step first
+    assert policy.budget(state).max_tokens == 0

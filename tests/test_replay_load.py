@@ -63,11 +63,15 @@ def test_a_pass_shared_by_every_request_is_charged_once_by_its_rows():
 
 @pytest.mark.parametrize("name", ["flat", "torch-cpu"])
 def test_goodput_drafts_less_as_requests_are_added(name):
+    """Drafts shrink from 1 to 8 requests, and at each step on torch-cpu. On the flat
+    curve, where a row costs 0.1 ms from 2 rows to 64, they need not at each step: at 4
+    requests they came out a little larger than alone (docs/benchmarks.md)."""
     levels = [1, 4, 8]
     runs = [replay_load("auto:goodput", cases(), curve(name), level) for level in levels]
     drafts = [run.draft_per_step for run in runs]
-    assert drafts[0] > 0 and all(a >= b for a, b in itertools.pairwise(drafts))
-    assert drafts[0] > drafts[-1], drafts
+    assert drafts[-1] > 0 and drafts[0] > drafts[-1], drafts
+    if name == "torch-cpu":
+        assert all(a >= b for a, b in itertools.pairwise(drafts)), drafts
 
 
 def test_goodput_never_drafts_where_every_row_costs_a_step():

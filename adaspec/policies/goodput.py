@@ -116,13 +116,23 @@ class GoodputPolicy(PolicyDefaults):
         rows are priced at what they add to the others' pass."""
         self.prescored = state.next_logits is not None
         self.sharing = state.sharing
-        if self.verify.timings(self.sharing.rows + 1) < BASELINE:
+        if self._baseline_untimed():
             return Budget(0)  # a plain step: the baseline is timed first
         plain = (1.0 + self._others() + self._margin()) / self._step_ms(1)
         per = {name: self._plan(name, share, plain) for name, share in self.arms.items()}
         if len(per) == 1:
             per = {name: replace(plan, promise=None) for name, plan in per.items()}
         return Budget(PROBE, plain=plain, ask=tuple(per), per_drafter=per)
+
+    def _baseline_untimed(self) -> bool:
+        """Whether a plain step must be timed before drafting: alone, one-token forwards
+        (BASELINE of them); beside others, any pass once. A shared pass's size changes
+        step by step as requests join, leave and draft, so waiting for each size to be
+        timed twice kept most steps of a busy server plain; sizes not timed follow the
+        profile's shape, scaled by the nearest one timed (VerifyCost)."""
+        if self.sharing.requests:
+            return not self.verify.seen
+        return self.verify.timings(1) < BASELINE
 
     def trim(self, draft: Draft) -> int:
         spent = self._draft_ms(draft.source) * len(draft.tokens)
