@@ -81,13 +81,12 @@ class SuffixDrafter(OpenByCopy):
         """This request's own fields (rebound, never cleared: OpenByCopy)."""
         self.own = SuffixTrie(DEPTH)
         self.own_stream = Stream()
-        self.output: Stream | None = None
+        self.output = self.store.open()  # this request's output, in the shared store
         self.indexed = indexed  # tokens of the request's text in the tries
 
     def start(self, state: DecodeState) -> None:
         self._open(len(state.tokens))
         self.own.extend(self.own_stream, state.tokens)
-        self.output = self.store.open()
 
     def propose(self, state: DecodeState, budget: Budget) -> Draft:
         self._catch_up(state.tokens)
@@ -110,8 +109,6 @@ class SuffixDrafter(OpenByCopy):
         if not new:
             return
         self.own.extend(self.own_stream, new)
-        if self.output is None:
-            self.output = self.store.open()
         self.store.add(self.output, new)
         self.indexed = len(tokens)
 

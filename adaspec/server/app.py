@@ -34,7 +34,7 @@ def create_app(
 ) -> FastAPI:
     """An app serving ``engine``; nothing runs until the app's lifespan starts. ``thread``:
     the one that loaded the engine, where every model call must run (ModelThread)."""
-    server = ServerState(settings, engine, thread=thread or ModelThread())
+    server = ServerState(settings, engine, thread or ModelThread())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

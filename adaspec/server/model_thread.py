@@ -3,9 +3,9 @@
 llama.cpp and torch run their kernels on OpenMP, which keeps a pool of worker threads for
 each thread that calls it, and counts them all: once the pools outnumber the cores, its
 workers stop spinning at each kernel's barrier and sleep instead. A server whose warm-up
-ran on one thread and its requests on another decoded a token on llama.cpp in 30-45%
-more time (docs/serving.md, "One thread for the models"). So the load, the warm-up's
-forwards and the scheduler's loop are jobs of this thread, in that order.
+ran on one thread and its requests on another decoded every token slower (measured in
+docs/serving.md, "One thread for the models"). So the load, the warm-up's forwards and the
+scheduler's loop are jobs of this thread, in that order.
 """
 
 from __future__ import annotations

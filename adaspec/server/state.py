@@ -22,11 +22,11 @@ from adaspec.server.settings import ServerSettings
 class ServerState:
     settings: ServerSettings
     engine: Engine
+    thread: ModelThread  # every model call runs there (the one that loaded the engine)
     status: str = "loading"  # "loading" -> "ok", or "error" where the warm-up failed
     problem: str = ""  # why, when "error"
     created: int = field(default_factory=lambda: int(time.time()))
     settled: threading.Event = field(default_factory=threading.Event)  # ok or error
-    thread: ModelThread = field(default_factory=ModelThread)  # every model call runs there
     scheduler: Scheduler = field(init=False)  # started by the app's lifespan
     metrics: Metrics = field(init=False)
 
