@@ -18,6 +18,7 @@ from adaspec.backends import (
 )
 from adaspec.drafters import DRAFTERS
 from adaspec.drafters.base import missing_draft_model
+from adaspec.drafters.options import DEFAULT_OPTIONS, DrafterOptions
 from adaspec.engine import Engine
 from adaspec.errors import ConfigError
 from adaspec.models import DEFAULT_DRAFT, DEFAULT_TARGET, resolve_model, weight_file_bytes
@@ -36,7 +37,8 @@ class EngineSpec:
     """What one engine is made of. ``draft`` None: the default pair's draft where the
     drafter can use one and the policy may ever ask it here; ``"none"``: no draft model.
     ``k``: the policy's draft-length knob (None: its default); ``context``: tokens of
-    context per slot (None: what fits); ``slots``: requests in flight at once."""
+    context per slot (None: what fits); ``slots``: requests in flight at once;
+    ``suffix_cache_tokens``: DrafterOptions."""
 
     target: str | Path = DEFAULT_TARGET
     draft: str | Path | None = None
@@ -50,11 +52,17 @@ class EngineSpec:
     threads: int | None = None
     context: int | None = None
     slots: int = 1
+    suffix_cache_tokens: int = DEFAULT_OPTIONS.suffix_cache_tokens
 
     def __post_init__(self) -> None:
         DRAFTERS.get(self.drafter)  # an unknown name fails before any model loads
         POLICIES.get(self.policy)
         check_counts(self.threads, self.slots)
+        self.drafter_options  # noqa: B018  (a bad value fails now too)
+
+    @property
+    def drafter_options(self) -> DrafterOptions:
+        return DrafterOptions(suffix_cache_tokens=self.suffix_cache_tokens)
 
 
 def build_engine(
@@ -83,7 +91,7 @@ def build_engine(
     if policy_cls.uses_cost_profile and time_costs:
         machine_profile(target, clock)  # timed once per model, CPU and threads, then saved
     draft = draft if drafter_cls.uses_draft_model else None
-    made = drafter_cls.create(target, draft)
+    made = drafter_cls.create(target, draft, spec.drafter_options)
     policy = policy_cls.create(spec.k, target)
     return Engine(target, made, policy, clock=clock, record_rows=record_rows, draft=draft)
 

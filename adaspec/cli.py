@@ -30,11 +30,13 @@ from adaspec.cli_options import (
     K,
     Policy,
     Questions,
+    SuffixCacheTokens,
     Target,
     Threads,
     counts,
 )
 from adaspec.config import GenerationConfig, SamplingParams
+from adaspec.drafters.options import DEFAULT_OPTIONS, DrafterOptions
 from adaspec.engine import Engine
 from adaspec.errors import AdaspecError, ConfigError
 from adaspec.server.command import serve
@@ -142,6 +144,7 @@ def generate(
     dtype: Dtype = None,
     threads: Threads = None,
     context: Context = None,
+    suffix_cache_tokens: SuffixCacheTokens = DEFAULT_OPTIONS.suffix_cache_tokens,
 ) -> None:
     """Generate text from a prompt, streaming it, then print one line of statistics."""
     text = read_prompt(prompt)
@@ -159,6 +162,7 @@ def generate(
         dtype=dtype,
         threads=threads,
         context=context,
+        suffix_cache_tokens=suffix_cache_tokens,
     )
     with err.status(f"loading {target}" + (f" and {draft}" if draft else "")):
         engine = build_engine(spec)
@@ -274,6 +278,7 @@ def bench(
             "drafters (recycling, aded) the target's runners-up (costs the baseline a top-k)."
         ),
     ] = 0,
+    suffix_cache_tokens: SuffixCacheTokens = DEFAULT_OPTIONS.suffix_cache_tokens,
 ) -> None:
     """Spec-Bench on the model pair: adaspec methods and peers side by side, one report."""
     from adaspec.bench.harness import BenchOptions, check_methods, run_bench
@@ -304,6 +309,7 @@ def bench(
         resume=resume,
         context=context,
         record_rows=record_rows,
+        suffix_cache_tokens=suffix_cache_tokens,
     )
     with bench_progress() as on_tick:
         outcome = run_bench(options, on_tick)
@@ -420,6 +426,7 @@ def replay(
     as_json: Annotated[
         bool, typer.Option("--json", help="With --concurrency: print {level: {method: x}}.")
     ] = False,
+    suffix_cache_tokens: SuffixCacheTokens = DEFAULT_OPTIONS.suffix_cache_tokens,
 ) -> None:
     """Rerun methods over a bench's recorded greedy answers on a profiled clock: what each
     would gain, decode only, without the machine's noise (speed itself: `adaspec bench`)."""
@@ -434,8 +441,12 @@ def replay(
     if concurrency is not None:
         _replay_under_load(method_list, cases, costs, counts(concurrency, "--concurrency"), as_json)
         return
+    DrafterOptions(suffix_cache_tokens)  # a bad value fails before replaying
     baseline = replaying.replay(replaying.BASELINE, cases, costs)
-    runs = {method: replaying.replay(method, cases, costs) for method in method_list}
+    runs = {
+        method: replaying.replay(method, cases, costs, suffix_cache_tokens)
+        for method in method_list
+    }
     ratios = {method: replaying.speedups(baseline, runs[method]) for method in method_list}
     table = Table(title=f"replayed speedup over none, decode only · {len(cases)} answers")
     for column in ["category", *method_list]:

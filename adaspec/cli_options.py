@@ -31,7 +31,7 @@ Drafter = Annotated[
     str,
     typer.Option(
         help=f"{' | '.join(DRAFTERS.names())}. auto: asks the model-free drafters "
-        "(ngram, recycling, aded) and the draft model's (model, model-tree) where it pays."
+        "(ngram, suffix, recycling, aded) and the draft model's (model, model-tree) where it pays."
     ),
 ]
 Policy = Annotated[
@@ -54,12 +54,23 @@ Context = Annotated[
     int | None,
     typer.Option(help="Tokens of context to reserve (default: what fits, up to the model's)."),
 ]
+SuffixCacheTokens = Annotated[
+    int,
+    typer.Option(
+        help="Earlier requests' output tokens the suffix drafter keeps, shared by every "
+        "request (0: each request drafts from its own text only)."
+    ),
+]
 Device = Annotated[str | None, typer.Option(help="torch device (default: cuda if present).")]
 Dtype = Annotated[
     str | None, typer.Option(help="torch dtype: float32 (default) | bfloat16 | float16.")
 ]
 Questions = Annotated[
-    Path | None, typer.Option(help="Spec-Bench JSONL (default: the shipped 480 questions).")
+    Path | None,
+    typer.Option(
+        help="Spec-Bench JSONL, or `agentic` (shipped: SQL, tool calls and edits over one "
+        "schema, tool list and module). Default: Spec-Bench's 480 questions."
+    ),
 ]
 
 

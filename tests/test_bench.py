@@ -189,14 +189,29 @@ def test_shipped_spec_bench_questions():
     assert len(select(questions, None, 2)) == 26  # 13 categories
 
 
+def test_the_agentic_workload_is_shipped_by_name():
+    """Three sessions of one repeated task each: what the suffix drafter is for."""
+    from pathlib import Path
+
+    from adaspec.bench.questions import shipped_workloads
+
+    assert "agentic" in shipped_workloads()
+    questions = load_questions(Path("agentic"))
+    assert [q.category for q in questions[::8]] == ["sql", "tools", "edit"]
+    assert len(questions) == 24 and all("```" in q.prompt for q in questions[::16])
+    with pytest.raises(ConfigError, match="or a shipped one: agentic"):
+        load_questions(Path("agentik"))
+
+
 def test_auto_gets_the_draft_model_as_an_arm_and_ngram_does_not():
     """As `adaspec generate` runs auto with the default pair, the bench's auto has the
     draft model as an arm; a model-free method is measured without it."""
     target, draft = backend(tiny_model(seed=0)), backend(tiny_model(seed=3))
     auto = AdaspecMethod("auto:goodput", target, draft).engine.drafter
-    assert set(auto.arms) == {"ngram", "recycling", "aded", "model", "model-tree"}
+    assert set(auto.arms) == {"ngram", "suffix", "recycling", "aded", "model", "model-tree"}
     assert set(AdaspecMethod("auto", target, None).engine.drafters.arms) == {
         "ngram",
+        "suffix",
         "recycling",
         "aded",
     }

@@ -3,14 +3,18 @@ the outputs of earlier requests."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from adaspec.bench.methods import AdaspecMethod
 from adaspec.budget import Budget
 from adaspec.config import SamplingParams
 from adaspec.drafters.suffix import SPEC_FACTOR, OutputStore, SuffixDrafter
 from adaspec.drafters.suffix_trie import Stream, SuffixTrie
+from adaspec.errors import ConfigError
 from adaspec.state import DecodeState
 from adaspec.tree import ROOT
+from tests.tiny import backend, tiny_model
 
 
 def trie_of(text: list[int], depth: int = 4) -> SuffixTrie:
@@ -81,3 +85,25 @@ def test_the_draft_grows_with_the_match_and_is_empty_without_one():
     assert len(short.tokens) == SPEC_FACTOR * 1  # one token matched
     long = drafter.propose(state([*text, 99, 15, 16, 17, 18], len(text)), Budget(16))
     assert len(long.tokens) == SPEC_FACTOR * 4 and long.tokens[:3] == [19, 20, 21]
+
+
+def test_a_store_of_no_tokens_drafts_from_the_request_alone():
+    """--suffix-cache-tokens 0: no request learns from another (one user's text is never
+    drafted into another's), while a request still drafts from its own."""
+    shared = SuffixDrafter(store_tokens=0)
+    first = shared.open(state([1, 2], 2))
+    first.propose(state([1, 2, 40, 41, 42, 43, 44], 2), Budget(8))
+    second = shared.open(state([9, 9, 40, 41], 4))
+    assert second.propose(state([9, 9, 40, 41], 4), Budget(8)).tokens == []
+    assert shared.store.held == 0 and not shared.store.streams
+    own = second.propose(state([9, 9, 40, 41, 7, 9, 9], 4), Budget(8))
+    assert own.tokens[:2] == [40, 41]  # its own prompt: 9 9 was followed by 40 41
+
+
+def test_the_cache_size_reaches_the_suffix_drafter_alone_and_inside_auto():
+    target = backend(tiny_model(seed=0))
+    alone = AdaspecMethod("suffix:fixed", target, None, suffix_cache_tokens=5).engine.drafter
+    auto = AdaspecMethod("auto", target, None, suffix_cache_tokens=7).engine.drafter
+    assert alone.store.limit == 5 and auto.arms["suffix"].store.limit == 7
+    with pytest.raises(ConfigError, match="--suffix-cache-tokens must be 0 or more"):
+        AdaspecMethod("suffix", target, None, suffix_cache_tokens=-1)

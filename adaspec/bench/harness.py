@@ -14,6 +14,7 @@ from adaspec.bench import report
 from adaspec.bench.methods import AdaspecMethod, Method, PeerGroup
 from adaspec.bench.questions import load_questions, select
 from adaspec.bench.runner import Tick, measure
+from adaspec.drafters.options import DEFAULT_OPTIONS
 from adaspec.errors import ConfigError
 from adaspec.models import DEFAULT_DRAFT, DEFAULT_TARGET, NAMED_MODELS, resolve_model
 from adaspec.profile import cpu_name
@@ -45,6 +46,7 @@ class BenchOptions:
     resume: bool = False
     context: int | None = None
     record_rows: int = 0  # the baseline keeps its rows' top-k for replay (0: none)
+    suffix_cache_tokens: int = DEFAULT_OPTIONS.suffix_cache_tokens
 
 
 @dataclass
@@ -63,7 +65,14 @@ def run_bench(
     uses_draft = any(AdaspecMethod.uses_draft(m) for m in methods_spec)
     draft = _load(options, options.draft, drafting=True) if uses_draft and options.draft else None
     methods: list[Method] = [
-        AdaspecMethod(m, target, draft, options.k, record_rows=_rows_for(m, options))
+        AdaspecMethod(
+            m,
+            target,
+            draft,
+            options.k,
+            record_rows=_rows_for(m, options),
+            suffix_cache_tokens=options.suffix_cache_tokens,
+        )
         for m in methods_spec
     ]
     groups, notes = _peers(options, target, draft) if options.peers else ([], [])

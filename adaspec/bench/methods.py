@@ -20,6 +20,7 @@ from adaspec.backends.base import Backend
 from adaspec.build import EngineSpec, build_engine
 from adaspec.config import GenerationConfig
 from adaspec.drafters import DRAFTERS
+from adaspec.drafters.options import DEFAULT_OPTIONS
 from adaspec.policies import POLICIES
 
 
@@ -74,10 +75,13 @@ class AdaspecMethod:
         clock: Callable[[], float] = perf_counter,
         time_costs: bool = True,
         record_rows: int = 0,
+        suffix_cache_tokens: int = DEFAULT_OPTIONS.suffix_cache_tokens,
     ) -> None:
         self.name = spec
         drafter, policy = self.names(spec)
-        spec = EngineSpec(drafter=drafter, policy=policy, k=k)
+        spec = EngineSpec(
+            drafter=drafter, policy=policy, k=k, suffix_cache_tokens=suffix_cache_tokens
+        )
         self.engine = build_engine(
             spec, target, draft, clock=clock, time_costs=time_costs, record_rows=record_rows
         )

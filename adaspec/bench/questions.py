@@ -24,9 +24,20 @@ def default_questions_path() -> Path:
     return DATA / "question.jsonl"
 
 
+def shipped_workloads() -> list[str]:
+    """The workloads shipped beside Spec-Bench's, by name (``--questions agentic``)."""
+    return sorted(p.stem for p in DATA.glob("*.jsonl") if p.stem != "question")
+
+
 def load_questions(path: Path) -> list[Question]:
+    """A JSONL file's questions; a bare name is a shipped workload's (shipped_workloads)."""
+    if not path.is_file() and str(path) in shipped_workloads():
+        path = DATA / f"{path}.jsonl"
     if not path.is_file():
-        raise ConfigError(f"questions file {path} not found; pass --questions PATH")
+        names = ", ".join(shipped_workloads())
+        raise ConfigError(
+            f"questions file {path} not found; pass --questions PATH or a shipped one: {names}"
+        )
     questions = []
     for number, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():

@@ -24,6 +24,7 @@ from adaspec.backends.base import SlotRows
 from adaspec.bench.methods import AdaspecMethod
 from adaspec.config import GenerationConfig
 from adaspec.drafters import DRAFTERS
+from adaspec.drafters.options import DEFAULT_OPTIONS
 from adaspec.errors import ConfigError
 from adaspec.models import resolve_model
 from adaspec.profile import CostProfile, profile_path
@@ -240,13 +241,20 @@ def saved_profile(bench_dir: Path) -> CostProfile:
     return CostProfile.load(path)
 
 
-def replay(method: str, cases: Sequence[Case], profile: CostProfile) -> list[Replayed]:
+def replay(
+    method: str,
+    cases: Sequence[Case],
+    profile: CostProfile,
+    suffix_cache_tokens: int = DEFAULT_OPTIONS.suffix_cache_tokens,
+) -> list[Replayed]:
     """One method over the cases in order, its policy learning across them as in a bench.
     Raises if the method's output leaves the script: that would be a lossless bug. Model-free
     only: there is no draft model to script, so ``auto`` replays without its model arm."""
     clock = ScriptedClock()
     cases, target = scripted(cases, profile, clock)
-    engine = AdaspecMethod(method, target, None, clock=clock, time_costs=False).engine
+    engine = AdaspecMethod(
+        method, target, None, clock=clock, time_costs=False, suffix_cache_tokens=suffix_cache_tokens
+    ).engine
     replayed = []
     for case in cases:
         target.play(case)

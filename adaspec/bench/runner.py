@@ -19,6 +19,8 @@ from adaspec.bench.methods import Method, PeerGroup, Run, peak_rss_mb
 from adaspec.bench.questions import Question
 
 WARMUP_TOKENS = 8
+# Not a question's: a drafter that remembers earlier outputs (suffix) must not meet one early.
+WARMUP_PROMPT = "Say hello."
 T = TypeVar("T")
 
 
@@ -68,6 +70,7 @@ def measure(
     previous = load_runs(out_dir) if resume else []
     done = {(r.method, r.question_id, r.repeat) for r in previous}
     prompts = {q.question_id: encode(q.prompt) for q in questions}
+    warmup = encode(WARMUP_PROMPT)
     (out_dir / "prompts.json").write_text(json.dumps(prompts))  # what `adaspec replay` reads
     rounds = [(q, repeat) for q in questions for repeat in range(repeats)]
 
@@ -88,7 +91,9 @@ def measure(
         for group, block in blocks:
             if block:
                 with _loaded(group, methods) as runners:
-                    for run in _run_block(runners, block, prompts, max_new_tokens, progress):
+                    for run in _run_block(
+                        runners, block, prompts, warmup, max_new_tokens, progress
+                    ):
                         sink.write(json.dumps(asdict(run)) + "\n")
                         sink.flush()
                         runs.append(run)
@@ -100,12 +105,12 @@ def _run_block(
     runners: Sequence[Method],
     block: Sequence[tuple[Question, int, int]],
     prompts: dict,
+    warmup: list[int],
     max_new_tokens: int,
     progress: _Progress,
 ) -> Iterator[Run]:
-    first = prompts[block[0][0].question_id]
     for method in runners:  # warm-up: caches, threads and allocators settle before timing
-        method.run(first, WARMUP_TOKENS)
+        method.run(warmup, WARMUP_TOKENS)
     for question, repeat, m in block:
         method = runners[m]
         progress.next(f"q{question.question_id} {question.category} · {method.name}")

@@ -20,6 +20,7 @@ from adaspec.budget import Budget
 from adaspec.draft import Draft
 from adaspec.drafters.base import DRAFTERS, OpenByCopy
 from adaspec.drafters.growth import grow
+from adaspec.drafters.options import DEFAULT_OPTIONS, DrafterOptions
 from adaspec.state import DecodeState
 from adaspec.stats import StepOutcome
 
@@ -53,7 +54,9 @@ class AdedDrafter(OpenByCopy):
         self._fading = _Fading()  # shared, like the tables, by every request's copy
 
     @classmethod
-    def create(cls, target: Backend, draft: Backend | None) -> AdedDrafter:
+    def create(
+        cls, target: Backend, draft: Backend | None, options: DrafterOptions = DEFAULT_OPTIONS
+    ) -> AdedDrafter:
         return cls()
 
     def start(self, state: DecodeState) -> None:

@@ -16,11 +16,12 @@ from adaspec.backends.base import Backend
 from adaspec.drafters.base import DRAFTERS, Drafter, DrafterSet
 from adaspec.drafters.model import ModelDrafter
 from adaspec.drafters.model_tree import ModelTreeDrafter
+from adaspec.drafters.options import DEFAULT_OPTIONS, DrafterOptions
 from adaspec.state import DecodeState
 
 # The model-free arms, cheapest to propose first: each is asked (it costs next to nothing)
 # and the policy values what it proposes.
-MODEL_FREE_ARMS = ("ngram", "recycling", "aded")
+MODEL_FREE_ARMS = ("ngram", "suffix", "recycling", "aded")
 
 
 @DRAFTERS.register("auto")
@@ -29,9 +30,11 @@ class AutoDrafter(DrafterSet):
     uses_draft_model: ClassVar[bool] = True  # as an arm, when one is given
 
     @classmethod
-    def create(cls, target: Backend, draft: Backend | None) -> AutoDrafter:
+    def create(
+        cls, target: Backend, draft: Backend | None, options: DrafterOptions = DEFAULT_OPTIONS
+    ) -> AutoDrafter:
         arms: dict[str, Drafter] = {
-            name: DRAFTERS.get(name).create(target, None) for name in MODEL_FREE_ARMS
+            name: DRAFTERS.get(name).create(target, None, options) for name in MODEL_FREE_ARMS
         }
         shares = dict.fromkeys(arms, 0.0)
         if draft is not None:

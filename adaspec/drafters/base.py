@@ -13,6 +13,7 @@ from typing import ClassVar, Protocol, Self, runtime_checkable
 from adaspec.backends.base import Backend
 from adaspec.budget import Budget
 from adaspec.draft import Draft
+from adaspec.drafters.options import DEFAULT_OPTIONS, DrafterOptions
 from adaspec.errors import ConfigError
 from adaspec.registry import Registry
 from adaspec.state import DecodeState
@@ -27,7 +28,9 @@ class Drafter(Protocol):
     row_top_k: int  # how many of each verified row's likeliest tokens it learns from (0: none)
 
     @classmethod
-    def create(cls, target: Backend, draft: Backend | None) -> Drafter:
+    def create(
+        cls, target: Backend, draft: Backend | None, options: DrafterOptions = DEFAULT_OPTIONS
+    ) -> Drafter:
         """Build for this target; raise a ModelError if the pair cannot work."""
         ...
 

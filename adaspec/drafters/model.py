@@ -18,6 +18,7 @@ from adaspec.backends.base import Backend, check_same_vocabulary, slot_of
 from adaspec.budget import Budget
 from adaspec.draft import Draft
 from adaspec.drafters.base import DRAFTERS, missing_draft_model
+from adaspec.drafters.options import DEFAULT_OPTIONS, DrafterOptions
 from adaspec.head import AcceptanceHead, head_path
 from adaspec.sampling import probabilities, sample
 from adaspec.state import DecodeState
@@ -46,7 +47,9 @@ class ModelDrafter:
         self._head_p: float | None = None  # the head's P(accepted) for the row last fed
 
     @classmethod
-    def create(cls, target: Backend, draft: Backend | None) -> ModelDrafter:
+    def create(
+        cls, target: Backend, draft: Backend | None, options: DrafterOptions = DEFAULT_OPTIONS
+    ) -> ModelDrafter:
         """With the acceptance head saved beside the draft model, if there is one."""
         if draft is None:
             raise missing_draft_model("model")

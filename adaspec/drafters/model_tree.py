@@ -27,6 +27,7 @@ from adaspec.budget import Budget
 from adaspec.draft import Draft
 from adaspec.drafters.base import DRAFTERS, missing_draft_model
 from adaspec.drafters.model import ModelDrafter, fit_width
+from adaspec.drafters.options import DEFAULT_OPTIONS, DrafterOptions
 from adaspec.sampling import probabilities, sample
 from adaspec.state import DecodeState
 from adaspec.stats import StepOutcome
@@ -68,7 +69,9 @@ class ModelTreeDrafter:
         self.floor = floor  # least path probability a node is drawn at
 
     @classmethod
-    def create(cls, target: Backend, draft: Backend | None) -> ModelTreeDrafter:
+    def create(
+        cls, target: Backend, draft: Backend | None, options: DrafterOptions = DEFAULT_OPTIONS
+    ) -> ModelTreeDrafter:
         if draft is None:
             raise missing_draft_model("model-tree")
         check_same_vocabulary(target, draft)

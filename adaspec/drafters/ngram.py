@@ -15,6 +15,7 @@ from adaspec.backends.base import Backend
 from adaspec.budget import Budget
 from adaspec.draft import Draft
 from adaspec.drafters.base import DRAFTERS, OpenByCopy
+from adaspec.drafters.options import DEFAULT_OPTIONS, DrafterOptions
 from adaspec.state import DecodeState
 from adaspec.stats import StepOutcome
 from adaspec.tree import ROOT, TokenTree
@@ -121,7 +122,9 @@ class NgramDrafter(OpenByCopy):
         self.branches = branches  # most earlier occurrences whose continuations are drafted
 
     @classmethod
-    def create(cls, target: Backend, draft: Backend | None) -> NgramDrafter:
+    def create(
+        cls, target: Backend, draft: Backend | None, options: DrafterOptions = DEFAULT_OPTIONS
+    ) -> NgramDrafter:
         return cls()
 
     def start(self, state: DecodeState) -> None:

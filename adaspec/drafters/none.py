@@ -9,6 +9,7 @@ from adaspec.backends.base import Backend
 from adaspec.budget import Budget
 from adaspec.draft import Draft
 from adaspec.drafters.base import DRAFTERS, OpenByCopy
+from adaspec.drafters.options import DEFAULT_OPTIONS, DrafterOptions
 from adaspec.state import DecodeState
 from adaspec.stats import StepOutcome
 
@@ -20,7 +21,9 @@ class NoDrafter(OpenByCopy):
     row_top_k: ClassVar[int] = 0
 
     @classmethod
-    def create(cls, target: Backend, draft: Backend | None) -> NoDrafter:
+    def create(
+        cls, target: Backend, draft: Backend | None, options: DrafterOptions = DEFAULT_OPTIONS
+    ) -> NoDrafter:
         return cls()
 
     def start(self, state: DecodeState) -> None:

@@ -19,6 +19,7 @@ from adaspec.budget import Budget
 from adaspec.draft import Draft
 from adaspec.drafters.base import DRAFTERS, OpenByCopy
 from adaspec.drafters.growth import grow
+from adaspec.drafters.options import DEFAULT_OPTIONS, DrafterOptions
 from adaspec.state import DecodeState
 from adaspec.stats import StepOutcome
 
@@ -43,7 +44,9 @@ class RecyclingDrafter(OpenByCopy):
         self.probs = np.zeros((vocab_size, width), dtype=np.float32)  # [vocab, k]
 
     @classmethod
-    def create(cls, target: Backend, draft: Backend | None) -> RecyclingDrafter:
+    def create(
+        cls, target: Backend, draft: Backend | None, options: DrafterOptions = DEFAULT_OPTIONS
+    ) -> RecyclingDrafter:
         return cls(target.vocab_size, cls.row_top_k)
 
     def start(self, state: DecodeState) -> None:

@@ -25,6 +25,7 @@ from adaspec.budget import Budget
 from adaspec.draft import Draft
 from adaspec.drafters.base import DRAFTERS, OpenByCopy
 from adaspec.drafters.ngram import match_confidence
+from adaspec.drafters.options import DEFAULT_OPTIONS, DrafterOptions
 from adaspec.drafters.suffix_trie import Node, Stream, SuffixTrie
 from adaspec.state import DecodeState
 from adaspec.stats import StepOutcome
@@ -33,14 +34,13 @@ MATCH = 12  # the longest suffix of the text matched
 DEPTH = MATCH + 8  # the tries' depth: the longest match still has 8 tokens to continue
 SPEC_FACTOR = 2.0  # draft nodes per matched token (SuffixDecoding's alpha)
 LEAST_PATH = 0.1  # no node on a path that followed the match less often than this
-STORE_TOKENS = 16_384  # earlier outputs the shared store holds
 
 
 class OutputStore:
     """The outputs of the requests served, in one trie, at most ``limit`` tokens held:
     each request's output is a stream, and the oldest tokens go first."""
 
-    def __init__(self, limit: int = STORE_TOKENS) -> None:
+    def __init__(self, limit: int = DEFAULT_OPTIONS.suffix_cache_tokens) -> None:
         self.trie = SuffixTrie(DEPTH)
         self.limit = limit
         self.streams: deque[Stream] = deque()
@@ -48,10 +48,13 @@ class OutputStore:
 
     def open(self) -> Stream:
         stream = Stream()
-        self.streams.append(stream)
+        if self.limit:
+            self.streams.append(stream)
         return stream
 
     def add(self, stream: Stream, tokens: list[int]) -> None:
+        if not self.limit:
+            return  # a store of 0 tokens keeps nothing
         self.trie.extend(stream, tokens)
         self.held += len(tokens)
         while self.held > self.limit:
@@ -69,13 +72,15 @@ class SuffixDrafter(OpenByCopy):
     uses_draft_model: ClassVar[bool] = False
     row_top_k: ClassVar[int] = 0
 
-    def __init__(self, store_tokens: int = STORE_TOKENS) -> None:
+    def __init__(self, store_tokens: int = DEFAULT_OPTIONS.suffix_cache_tokens) -> None:
         self.store = OutputStore(store_tokens)  # shared by every request's copy
         self._open(0)
 
     @classmethod
-    def create(cls, target: Backend, draft: Backend | None) -> SuffixDrafter:
-        return cls()
+    def create(
+        cls, target: Backend, draft: Backend | None, options: DrafterOptions = DEFAULT_OPTIONS
+    ) -> SuffixDrafter:
+        return cls(options.suffix_cache_tokens)
 
     def _open(self, indexed: int) -> None:
         """This request's own fields (rebound, never cleared: OpenByCopy)."""

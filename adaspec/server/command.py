@@ -20,9 +20,11 @@ from adaspec.cli_options import (
     Dtype,
     K,
     Policy,
+    SuffixCacheTokens,
     Target,
     Threads,
 )
+from adaspec.drafters.options import DEFAULT_OPTIONS
 
 err = Console(stderr=True)
 
@@ -56,6 +58,7 @@ def serve(
     dtype: Dtype = None,
     threads: Threads = None,
     context: Context = None,
+    suffix_cache_tokens: SuffixCacheTokens = DEFAULT_OPTIONS.suffix_cache_tokens,
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API until SIGTERM or Ctrl-C."""
     from adaspec.server.launch import bind, load_engine
@@ -76,6 +79,7 @@ def serve(
         threads=threads,
         context=context,
         slots=parallel,
+        suffix_cache_tokens=suffix_cache_tokens,
     )
     settings = ServerSettings(
         model_id=target,
