@@ -68,8 +68,9 @@ Dtype = Annotated[
 Questions = Annotated[
     Path | None,
     typer.Option(
-        help="Spec-Bench JSONL, or `agentic` (shipped: SQL, tool calls and edits over one "
-        "schema, tool list and module). Default: Spec-Bench's 480 questions."
+        help="Spec-Bench JSONL, or a shipped workload: `agentic` (SQL, tool calls and edits "
+        "over one schema, tool list and module), `long` (4k, 8k and 16k-token prompts). "
+        "Default: Spec-Bench's 480 questions."
     ),
 ]
 

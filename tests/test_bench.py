@@ -190,16 +190,19 @@ def test_shipped_spec_bench_questions():
 
 
 def test_the_agentic_workload_is_shipped_by_name():
-    """Three sessions of one repeated task each: what the suffix drafter is for."""
+    """Three sessions of one repeated task each (what the suffix drafter is for), and one
+    file's three lengths (long contexts)."""
     from pathlib import Path
 
     from adaspec.bench.questions import shipped_workloads
 
-    assert "agentic" in shipped_workloads()
+    assert shipped_workloads() == ["agentic", "long"]
     questions = load_questions(Path("agentic"))
     assert [q.category for q in questions[::8]] == ["sql", "tools", "edit"]
     assert len(questions) == 24 and all("```" in q.prompt for q in questions[::16])
-    with pytest.raises(ConfigError, match="or a shipped one: agentic"):
+    lengths = [len(q.prompt) for q in load_questions(Path("long"))[::3]]
+    assert lengths == sorted(lengths) and lengths[-1] > 3.5 * lengths[0]  # 4k, 8k, 16k
+    with pytest.raises(ConfigError, match="or a shipped one: agentic, long"):
         load_questions(Path("agentik"))
 
 
