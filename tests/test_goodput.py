@@ -18,7 +18,7 @@ from adaspec.engine import Engine, ask_drafters
 from adaspec.policies.acceptance import Acceptance, Calibration
 from adaspec.policies.arm_choice import ArmChoice
 from adaspec.policies.estimates import DraftCost, Ewma, VerifyCost
-from adaspec.policies.goodput import GoodputPolicy
+from adaspec.policies.goodput import DOUBT, GoodputPolicy
 from adaspec.policies.rates import best_length, best_prefix, expected_tokens
 from adaspec.profile import CostProfile
 from adaspec.state import DecodeState
@@ -556,6 +556,28 @@ def test_a_long_context_prices_the_draft_models_first_step_in_a_request():
     assert long < short
     policy.observe(StepOutcome(2, 2, 3, 0.040, 0.07, drafter="model", proposed=2))
     assert policy.budget(state).for_drafter("model").promise > short
+
+
+def test_an_untimed_models_set_up_is_guessed_from_the_targets_prefill_cost():
+    """Before a draft model is first used, its set-up is guessed (its weights' share of
+    the target prefilling the context): on llama.cpp's measured costs a 1,000-token prompt
+    with 128 tokens to go keeps an untimed model out, a 20-token one does not."""
+    cost = lambda n: 60.0 + 40.0 * (n - 1)  # noqa: E731  (llama.cpp on a CPU, per row)
+    policy = GoodputPolicy(8, _profile_of(cost))
+    policy.acceptance.prior = 0.95
+
+    def promise(context: int) -> float:
+        state = DecodeState([1] * context, context, SamplingParams(), torch.Generator())
+        state.max_new_tokens = 128
+        policy.start(state, {"ngram": 0.0, "model": 0.1})
+        for n in (1, 1):
+            policy.verify.observe(n, cost(n), context)
+        return policy.budget(state).for_drafter("model").promise
+
+    plain = 1.0 / cost(1)
+    assert promise(20) >= plain / DOUBT  # capped at a plain step: asked where nothing beats it
+    assert promise(1000) < plain / DOUBT  # not asked: its set-up is not paid
+    assert policy._setup_guess(0.1) == pytest.approx(0.1 * 40.0 * 1000 / 128, rel=0.05)
 
 
 def test_a_draft_models_set_up_is_spread_over_the_tokens_left_not_the_steps():

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 FREE_DRAFT = 0.05  # a drafter costing under this share of a one-token forward is "free"
 PROBE = 2  # tokens a drafter not seen yet in this request may draft: learns its cost
 MAX_NODES = 64  # the largest tree a free drafter grows, where verifying its rows pays
+PREFILL_ROWS = 256  # a prefill's cost per token is a forward's of this many, per row
 HORIZON = 32  # tokens a request is assumed to generate where no limit nor earlier one says
 # One-token forwards timed before any drafting: speculation is judged against a plain step,
 # which must be measured, not extrapolated (on a CPU, verifying 2 positions costs much more
@@ -204,8 +205,17 @@ class GoodputPolicy(PolicyDefaults):
         hand."""
         draft_ms = share * self.verify.ms(1)
         free = self._free_at(draft_ms)
-        rate = self._rate(draft_ms, self.acceptance.rate(drafter), 0.0, k_min=0 if free else 1)[1]
-        return rate if free else rate / DOUBT
+        setup = 0.0 if free else self._setup_guess(share)
+        rate = self._rate(draft_ms, self.acceptance.rate(drafter), setup, k_min=0 if free else 1)
+        return rate[1] if free else rate[1] / DOUBT
+
+    def _setup_guess(self, share: float) -> float:
+        """Each token's share of a draft model's set-up, guessed before it is timed: its
+        weights' share of what the target pays per token to prefill this context (a forward
+        of PREFILL_ROWS positions), spread as _setup_share spreads a timed one. Without it,
+        a long prompt bought a model whose first prefill its answer could not repay."""
+        per_token = self.verify.ms(PREFILL_ROWS) / PREFILL_ROWS
+        return share * per_token * self.verify.context / self._expected_tokens_left()
 
     def _min_path(self, draft_ms: float, acceptance: float, k: int) -> tuple[float, ...]:
         """SpecDec++'s early stop, priced, as data. With d tokens drafted, all accepted with
