@@ -59,7 +59,7 @@ class CostProfile:
         return m0 + (m1 - m0) * (k - k0) / (k1 - k0)
 
     def save(self, path: Path | None = None) -> Path:
-        path = path or profile_path(self.model, self.backend, self.threads)
+        path = path or profile_path(self.model, self.backend, self.threads, self.slots)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(asdict(self), indent=1))
         return path
@@ -69,8 +69,12 @@ class CostProfile:
         return cls(**json.loads(path.read_text()))
 
 
-def profile_path(model: str, backend: str, threads: int) -> Path:
-    return cache_dir() / "profiles" / f"{model_stem(model)}-{backend}-t{threads}.json"
+def profile_path(model: str, backend: str, threads: int, slots: int = 1) -> Path:
+    """One file per model, backend, threads and slots a pass was spread over: a profile
+    timed for a server's shared passes (``--slots 8``) prices one request's k rows as k
+    requests' rows, each reading its own cache, so it must not replace a lone request's."""
+    spread = f"-s{slots}" if slots > 1 else ""
+    return cache_dir() / "profiles" / f"{model_stem(model)}-{backend}-t{threads}{spread}.json"
 
 
 def model_stem(model: str) -> str:
@@ -98,11 +102,13 @@ def saved_profile(backend: Backend) -> CostProfile | None:
     """The profile saved for this backend's model and threads, unless it was timed on
     another processor: a cache directory shared between machines (a network home, a copied
     image) must not make one machine plan with another's costs."""
-    path = profile_path(backend.label, backend.name, backend.threads)
-    if not path.exists():
-        return None
-    profile = CostProfile.load(path)
-    return profile if profile.cpu in ("", cpu_name()) else None
+    for slots in dict.fromkeys((getattr(backend, "slots", 1), 1)):  # its slots', else one's
+        path = profile_path(backend.label, backend.name, backend.threads, slots)
+        if path.exists():
+            profile = CostProfile.load(path)
+            if profile.cpu in ("", cpu_name()):
+                return profile
+    return None
 
 
 def machine_profile(backend: Backend, clock: Callable[[], float] = perf_counter) -> CostProfile:

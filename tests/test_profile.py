@@ -89,3 +89,17 @@ def test_a_saved_profile_is_used_only_on_the_cpu_it_was_timed_on(cpu, used):
 
 def test_no_saved_profile():
     assert saved_profile(SimpleNamespace(label="none.gguf", name="torch", threads=1)) is None
+
+
+def test_a_profile_timed_for_shared_passes_is_kept_for_the_servers_slots():
+    """`adaspec profile --slots 8` prices k rows as k requests' rows: a lone request plans
+    with its own profile, a server of 8 slots with that one, else the lone one's."""
+    lone, shared = replace(PROFILE, cpu=cpu_name()), replace(PROFILE, cpu=cpu_name(), slots=8)
+    shared.save()
+    of = lambda slots: SimpleNamespace(  # noqa: E731
+        label=PROFILE.model, name=PROFILE.backend, threads=PROFILE.threads, slots=slots
+    )
+    assert saved_profile(of(1)) is None and saved_profile(of(8)) == shared
+    lone.save()
+    assert saved_profile(of(1)) == lone and saved_profile(of(4)) == lone
+    assert saved_profile(of(8)) == shared
