@@ -759,3 +759,24 @@ def test_a_paid_drafter_gets_as_many_nodes_as_cost_no_more_than_its_chain(curve,
     assert plan.depth_limit >= 1
     assert (plan.max_tokens > plan.depth_limit) is wide, plan
     assert plan.max_tokens <= 64
+
+
+def test_an_arm_judged_badly_drifts_back_while_others_draft():
+    """auto's suffix arm missed its first few tokens at confidence 0.9; never chosen again
+    where only near-sure drafts pay, it never learned better. Its bins now age while
+    other arms draft, back toward the raw confidence, so it is tried again."""
+
+    def missed() -> Calibration:
+        calibration = Calibration().for_request()
+        for _ in range(3):
+            calibration.observe_tried("suffix", [(0.9, False), (0.9, False)])
+        return calibration
+
+    idle, stale = missed(), missed()
+    doubted = idle.probability("suffix", 0.9)
+    for _ in range(200):
+        idle.idle_except("ngram")
+        stale.idle_except("suffix")  # the control: its own steps are not idle ones
+    assert doubted < 0.3
+    assert stale.rate("suffix", 0.9) < 0.3
+    assert idle.rate("suffix", 0.9) > 0.85

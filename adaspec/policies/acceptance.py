@@ -218,6 +218,17 @@ class Calibration:
             self._points[drafter] = tuple((c, self.probability(drafter, c)) for c in ends)
         return self._points[drafter]
 
+    def idle_except(self, drafter: str) -> None:
+        """A step that did not test the other drafters: their bins age as if tested, so a
+        drafter judged badly on a few tokens drifts back to its raw confidence and is tried
+        again. Aged only when tested, an arm of auto whose first tokens missed planned with
+        that verdict for good: never verified, it never learned it had become good."""
+        for (name, _), counts in self.counts.items():
+            if name != drafter:
+                counts[0] *= self.memory
+                counts[1] *= self.memory
+                self._points.pop(name, None)
+
     def rate(self, drafter: str, confidence: float) -> float:
         """The share of such tokens accepted so far, recent ones weighing most (before any:
         the raw confidence)."""

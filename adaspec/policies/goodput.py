@@ -155,6 +155,7 @@ class GoodputPolicy(PolicyDefaults):
         self.verify.observe(rows, outcome.verify_s * 1000, context)
         self.acceptance.observe_target(outcome.target_top)
         self.acceptance.idle_except(outcome.drafter)
+        self.calibration.idle_except(outcome.drafter)
         for name, cost in self.draft_ms.items():
             if name != outcome.drafter:
                 cost.idle()
