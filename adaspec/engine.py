@@ -26,7 +26,7 @@ from adaspec.errors import ConfigError
 from adaspec.policies.base import Policy
 from adaspec.request import prompt_ids, request_config
 from adaspec.state import DecodeState, Sharing
-from adaspec.stats import GenerationStats, RowsSeen, StepOutcome
+from adaspec.stats import ArmCost, GenerationStats, RowsSeen, StepOutcome
 from adaspec.tree import ROOT, TokenTree
 from adaspec.verify import verify_tree
 
@@ -112,6 +112,7 @@ class _Planned:
     proposal: Draft  # what the drafters proposed
     prescored: bool  # the prefill scored the first row: the pass runs only the draft
     draft_s: float
+    asked: tuple[ArmCost, ...]  # each drafter asked, timed apart
 
 
 class Engine:
@@ -252,9 +253,11 @@ class Engine:
         room = gen.config.max_new_tokens - state.generated - 1  # the step adds one itself
         budget = policy.budget(state).capped(room)
         t0 = self.clock()
-        proposal = ask_drafters(drafters.arms, state, budget, policy)
+        asked = ask_drafters(drafters.arms, state, budget, policy, self.clock)
+        proposal = asked.draft
         draft = proposal.prefix(self._to_verify(policy, proposal))
-        return _Planned(draft, proposal, state.next_logits is not None, self.clock() - t0)
+        prescored = state.next_logits is not None
+        return _Planned(draft, proposal, prescored, self.clock() - t0, asked.costs)
 
     def _to_verify(self, policy: Policy, proposal: Draft) -> int:
         """How many drafted nodes to verify. Lossless sampling needs the choice to verify
@@ -325,6 +328,7 @@ class Engine:
             path=tuple(verdict.path),
             rows=rows,
             batch_rows=batch_rows,
+            asked=plan.asked,
         )
         policy.observe(outcome)
         drafters.observe(outcome)
@@ -370,26 +374,40 @@ def _fed_rows(plan: _Planned) -> int:
     return len(plan.draft.tokens) + (0 if plan.prescored else 1)
 
 
+@dataclass(frozen=True)
+class Asked:
+    """The draft kept from the drafters asked in a step, and what asking each one cost."""
+
+    draft: Draft
+    costs: tuple[ArmCost, ...] = ()
+
+
 def ask_drafters(
-    arms: Mapping[str, Drafter], state: DecodeState, budget: Budget, policy: Policy
-) -> Draft:
+    arms: Mapping[str, Drafter],
+    state: DecodeState,
+    budget: Budget,
+    policy: Policy,
+    clock: Callable[[], float] = perf_counter,
+) -> Asked:
     """The drafters the budget names, asked in order, each under its own budget; one whose
     promise is below what the draft in hand is worth (a plain step's, before any) is not
     asked, and the draft the policy values most is kept. A sampled draft is taken as it
     comes: choosing it by its own tokens' worth would bias the output (docs/design.md,
-    rule 1)."""
-    best, in_hand = Draft(), budget.plain
+    rule 1). Each arm is timed on its own, so its cost is learnt apart from the others'."""
+    best, in_hand, costs = Draft(), budget.plain, []
     for name in budget.ask:
         arm = budget.for_drafter(name)
         if arm.max_tokens == 0 or (arm.promise is not None and arm.promise < in_hand):
             continue
+        started = clock()
         draft = arms[name].propose(state, arm)
+        costs.append(ArmCost(name, clock() - started, len(draft.tokens)))
         if draft.sampled:
-            return draft
+            return Asked(draft, tuple(costs))
         worth = policy.value(draft)
         if worth >= in_hand:
             best, in_hand = draft, worth
-    return best
+    return Asked(best, tuple(costs))
 
 
 def _rows_seen(logits: torch.Tensor, tokens: list[int], tree: TokenTree, k: int) -> RowsSeen | None:

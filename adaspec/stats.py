@@ -35,6 +35,16 @@ class RowsSeen:
 
 
 @dataclass(frozen=True)
+class ArmCost:
+    """What asking one drafter cost in a step: each arm asked is priced by its own time,
+    not by the step's whole drafting (a lookup kept beside a model arm costs a lookup's)."""
+
+    drafter: str
+    seconds: float
+    proposed: int  # tokens it proposed
+
+
+@dataclass(frozen=True)
 class StepOutcome:
     """What one speculative step did; policies and drafters learn from it."""
 
@@ -54,6 +64,14 @@ class StepOutcome:
     # Rows of the whole target pass this step shared with other requests' (its own
     # ``positions`` when it ran alone): its verify time is the whole pass's.
     batch_rows: int | None = None
+    asked: tuple[ArmCost, ...] = ()  # each drafter asked this step; () where untimed apart
+
+    def arm_costs(self) -> tuple[ArmCost, ...]:
+        """Each asked drafter's cost: ``asked``, or the whole drafting time charged to the
+        kept drafter where the arms were not timed apart."""
+        if self.asked or not self.drafter:
+            return self.asked
+        return (ArmCost(self.drafter, self.draft_s, self.proposed),)
 
     @property
     def positions(self) -> int:

@@ -107,11 +107,11 @@ def test_a_sampled_draft_asked_for_is_taken_whatever_its_tokens_are_worth():
     budget = Budget(2, plain=1.0, ask=("ngram", "model"), per_drafter=per)
     state = DecodeState([0, 1], 2, SamplingParams(1.0), torch.Generator())
     arms = {"ngram": FixedDraft(lookup), "model": FixedDraft(sampled)}
-    assert ask_drafters(arms, state, budget, policy) is sampled
+    assert ask_drafters(arms, state, budget, policy).draft is sampled
     greedy_lookup = Draft([1, 2], None, [0.6, 0.6], "ngram")
     greedy_model = Draft([3], None, [0.25], "model")  # greedy: a function of the text
     arms = {"ngram": FixedDraft(greedy_lookup), "model": FixedDraft(greedy_model)}
-    assert ask_drafters(arms, state, budget, policy) is greedy_lookup
+    assert ask_drafters(arms, state, budget, policy).draft is greedy_lookup
 
 
 def test_a_drafter_promising_less_than_the_draft_in_hand_is_not_asked():
@@ -122,7 +122,7 @@ def test_a_drafter_promising_less_than_the_draft_in_hand_is_not_asked():
     state = DecodeState([0, 1], 2, SamplingParams(), torch.Generator())
     arms = {"ngram": FixedDraft(lookup), "model": model}
     policy = Worth({"ngram": 2.0, "model": 1.8, "": 1.0})
-    assert ask_drafters(arms, state, budget, policy) is lookup  # 1.5 < 2.0: not asked
+    assert ask_drafters(arms, state, budget, policy).draft is lookup  # 1.5 < 2.0: not asked
     policy = Worth({"ngram": 1.2, "model": 1.8, "": 1.0})
-    assert ask_drafters(arms, state, budget, policy) is model.draft  # asked, and worth more
-    assert ask_drafters(arms, state, replace(budget, ask=()), policy).tokens == []
+    assert ask_drafters(arms, state, budget, policy).draft is model.draft  # asked, and worth more
+    assert ask_drafters(arms, state, replace(budget, ask=()), policy).draft.tokens == []

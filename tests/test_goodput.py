@@ -4,6 +4,7 @@ and acceptance are known, so the right answer can be computed by brute force."""
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 import torch
@@ -22,7 +23,7 @@ from adaspec.policies.goodput import DOUBT, GoodputPolicy
 from adaspec.policies.rates import best_length, best_prefix, expected_tokens
 from adaspec.profile import CostProfile
 from adaspec.state import DecodeState
-from adaspec.stats import StepOutcome
+from adaspec.stats import ArmCost, StepOutcome
 from tests.tiny import DRAFTERS, ClockedBackend, FakeClock, ar_tokens, backend, tiny_model
 
 COSTS = {
@@ -316,6 +317,12 @@ class _CostedArm:
         self.spent_ms = 0.0
 
 
+def _timed_apart(costs, arms):
+    """Each asked arm's cost at its own scripted price (the test's clock stands still)."""
+    spent = {arm.name: arm.spent_ms / 1000 for arm in arms}
+    return [replace(cost, seconds=spent[cost.drafter]) for cost in costs]
+
+
 def simulate_auto(
     arms,
     acceptance: dict[str, float],
@@ -337,7 +344,8 @@ def simulate_auto(
     auto.start(state)
     used = []
     for _ in range(steps):
-        proposal = ask_drafters(auto.arms, state, policy.budget(state), policy)
+        asked = ask_drafters(auto.arms, state, policy.budget(state), policy, lambda: 0.0)
+        proposal = asked.draft
         draft = proposal.prefix(policy.trim(proposal))
         accepted = 0
         while accepted < len(draft.tokens) and rng.random() < acceptance.get(draft.source, 0):
@@ -348,6 +356,7 @@ def simulate_auto(
             accepted=accepted,
             emitted=accepted + 1,
             draft_s=sum(arm.spent_ms for arm in arms) / 1000,
+            asked=tuple(_timed_apart(asked.costs, arms)),
             verify_s=cost(len(draft.tokens) + 1) / 1000,
             drafter=proposal.source,
             proposed=len(proposal.tokens),
@@ -422,6 +431,23 @@ def test_auto_switches_arms_when_the_text_stops_copying():
     used = simulate_auto([lookup, model], {"ngram": 0.99, "model": 0.85}, cost, 90)
     assert used[10:40].count("ngram") >= 25, used[:40]
     assert used[50:].count("model") >= 35, used[40:]
+
+
+def test_each_asked_arm_is_priced_by_its_own_time_not_the_steps_drafting():
+    """A lookup kept in a step where the model arm was asked too costs a lookup's time:
+    charging it the step's whole drafting would price it like the model and leave it out.
+    Control: the same steps untimed apart charge the kept lookup the model's time."""
+    asked = (ArmCost("ngram", 0.0001, 4), ArmCost("model", 0.1, 4))
+    apart, together = GoodputPolicy(8), GoodputPolicy(8)
+    state = DecodeState([1, 2, 3], 3, SamplingParams(), torch.Generator())
+    for policy in (apart, together):
+        policy.start(state, ARMS)
+    for _ in range(3):
+        apart.observe(StepOutcome(4, 4, 5, 0.1001, 0.1, drafter="ngram", proposed=4, asked=asked))
+        together.observe(StepOutcome(4, 4, 5, 0.1001, 0.1, drafter="ngram", proposed=4))
+    assert apart.draft_ms["ngram"].value == pytest.approx(0.025)
+    assert apart.draft_ms["model"].value == pytest.approx(25.0)
+    assert together.draft_ms["ngram"].value > 20.0
 
 
 def test_a_drafters_first_step_in_a_request_does_not_price_its_tokens():

@@ -23,7 +23,7 @@ from adaspec.policies.estimates import DraftCost, Ewma, VerifyCost
 from adaspec.policies.rates import best_length, best_prefix, best_prefix_and_rate, expected_tokens
 from adaspec.profile import CostProfile, machine_profile, planning_profile
 from adaspec.state import ALONE, DecodeState
-from adaspec.stats import StepOutcome
+from adaspec.stats import ArmCost, StepOutcome
 
 if TYPE_CHECKING:
     from adaspec.draft import Draft
@@ -156,23 +156,30 @@ class GoodputPolicy(PolicyDefaults):
         self.acceptance.observe_target(outcome.target_top)
         self.acceptance.idle_except(outcome.drafter)
         self.calibration.idle_except(outcome.drafter)
+        costs = outcome.arm_costs()
+        asked = {cost.drafter for cost in costs}
         for name, cost in self.draft_ms.items():
-            if name != outcome.drafter:
+            if name not in asked:
                 cost.idle()
+        for cost in costs:
+            self._observe_cost(cost, before)
         if not outcome.drafter:
             return
-        if outcome.proposed and outcome.drafter in self.set_up:
-            per_token = outcome.draft_s * 1000 / outcome.proposed
-            self.draft_ms.setdefault(outcome.drafter, DraftCost()).add(per_token)
-        elif outcome.proposed and outcome.drafter in self.draft_ms:  # its first step here
-            excess = outcome.draft_s * 1000 - self._draft_ms(outcome.drafter) * outcome.proposed
-            per_context = max(0.0, excess) / max(before, 1)
-            self.setup_ms.setdefault(outcome.drafter, Ewma()).add(per_context)
-        self.set_up.add(outcome.drafter)  # its first step paid set-up, not drafting
         trimmed = outcome.proposed > outcome.drafted and not self._free(outcome.drafter)
         judged = len(outcome.judged()) + (trimmed and outcome.accepted == outcome.drafted)
         self.acceptance.observe_tested(outcome.drafter, judged, outcome.accepted)
         self.calibration.observe_tried(outcome.drafter, outcome.tried())
+
+    def _observe_cost(self, cost: ArmCost, context: int) -> None:
+        """Learn what a token of this drafter costs; an arm's first step here paid its
+        set-up (a draft model's prefill of the context), learnt apart per context token."""
+        name, ms = cost.drafter, cost.seconds * 1000
+        if cost.proposed and name in self.set_up:
+            self.draft_ms.setdefault(name, DraftCost()).add(ms / cost.proposed)
+        elif cost.proposed and name in self.draft_ms:
+            excess = ms - self._draft_ms(name) * cost.proposed
+            self.setup_ms.setdefault(name, Ewma()).add(max(0.0, excess) / max(context, 1))
+        self.set_up.add(name)
 
     def _plan(self, drafter: str, share: float, plain: float) -> Budget:
         """The budget for one drafter, with the rate the policy expects of it. A free one
