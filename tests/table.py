@@ -8,7 +8,8 @@ machine with that cost curve, not on this process's overhead.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 
@@ -47,6 +48,10 @@ class TableBackend:
         self._weight_bytes = weight_bytes
         self._eos = eos
         self.cache: list[int] = []
+        # An early exit after layer l of exit_layers reads the table plus this noise times
+        # (1 - l / exit_layers): deeper exits agree with the target more, and cost more.
+        self.exit_noise = torch.randn(table.shape, generator=torch.Generator().manual_seed(7))
+        self.exit_layers = 4
 
     @property
     def vocab_size(self) -> int:
@@ -105,6 +110,21 @@ class TableBackend:
 
     def rollback(self, length: int) -> None:
         del self.cache[length:]
+
+    @contextmanager
+    def early_exit(self, layer: int) -> Iterator[Callable[[Sequence[int]], torch.Tensor]]:
+        """The early_exit.EarlyExit protocol: a row of the noisier table per call, each
+        charged a tenth of a one-token forward per layer's share."""
+        share = layer / self.exit_layers
+
+        def run(text: Sequence[int]) -> torch.Tensor:
+            if self.clock is not None:
+                self.clock.now += share * self.cost_ms(1) / 10_000
+            before = text[-2] if len(text) > 1 else text[-1]
+            noise = self.exit_noise[before, text[-1]].to(self.table.dtype)
+            return self.table[before, text[-1]] + (1.0 - share) * noise
+
+        yield run
 
     def row(self, context: Sequence[int]) -> torch.Tensor:
         """The logits [vocab] scoring the token after ``context``."""

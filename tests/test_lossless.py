@@ -294,6 +294,7 @@ def branch_rows_by_depth(draft: Draft) -> Draft:
 # control: (drafter, policy, setting, change)
 LOSSY_DRAFTERS = {
     "cut-by-a-later-token": ("model", "fixed", "t0.7-topk3", cut_by_a_later_token),
+    "self-cut-by-a-later-token": ("self", "fixed", "t0.7-topk3", cut_by_a_later_token),
     "siblings-by-own-probability": (
         "model-tree",
         "fixed",

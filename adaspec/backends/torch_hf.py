@@ -11,6 +11,7 @@ import copy
 import hashlib
 import logging
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from time import perf_counter
 
@@ -21,6 +22,7 @@ from transformers.utils import logging as hf_logging
 
 from adaspec.backends.base import BACKENDS, SlotRows
 from adaspec.backends.context import context_size
+from adaspec.backends.early_exit import ExitRun, decoder_parts, exit_run
 from adaspec.backends.layout_timing import place_weights
 from adaspec.errors import ModelError
 from adaspec.models import cache_dir, check_gguf_file
@@ -229,6 +231,17 @@ class TorchBackend:
             use_cache=True,
         )
         return out.logits[0]  # [n, vocab]
+
+    @property
+    def exit_layers(self) -> int:
+        """Decoder layers an early exit may stop after (0: this model's layout is not the
+        Llama family's, so it cannot exit early)."""
+        inner = decoder_parts(self.model)
+        return 0 if inner is None else len(inner.layers)
+
+    def early_exit(self, layer: int) -> AbstractContextManager[ExitRun]:
+        """The first ``layer`` layers, on this slot's cache (early_exit.EarlyExit)."""
+        return exit_run(self.model, self._cache, layer)
 
     def commit(self, path: Sequence[int]) -> None:
         start = self._pending.start

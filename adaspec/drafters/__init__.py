@@ -9,6 +9,7 @@ from adaspec.drafters import (  # noqa: F401
     ngram,
     none,
     recycling,
+    self_draft,
     suffix,
 )
 from adaspec.drafters.base import DRAFTERS, Drafter

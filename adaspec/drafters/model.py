@@ -81,7 +81,9 @@ class ModelDrafter:
         all_accepted = 1.0  # the head's P(every token so far is accepted)
         while True:
             q = probabilities(logits[None], state.sampling)[0]  # [vocab], warped like p
-            confidence = _confidence(logits, q, state) if self._head_p is None else self._head_p
+            confidence = (
+                draft_confidence(logits, q, state) if self._head_p is None else self._head_p
+            )
             all_accepted *= confidence
             if confidence < budget.min_confidence or self._rejection_likely(all_accepted):
                 break
@@ -127,7 +129,7 @@ class ModelDrafter:
         return fit_width(logits[-1], self.vocab_size)
 
 
-def _confidence(logits: torch.Tensor, q: torch.Tensor, state: DecodeState) -> float:
+def draft_confidence(logits: torch.Tensor, q: torch.Tensor, state: DecodeState) -> float:
     """Top probability of the draft: of q when sampling, of the plain softmax when greedy
     (a greedy q is one-hot and would always claim certainty)."""
     top = torch.softmax(logits.float(), -1).max() if state.sampling.greedy else q.max()
