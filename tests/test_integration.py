@@ -11,6 +11,7 @@ import torch
 from adaspec import Generation, GenerationConfig, load, load_backend
 from adaspec.api import encode_prompt
 from adaspec.backends import BACKENDS
+from adaspec.errors import ModelError
 from adaspec.models import DEFAULT_TARGET, NAMED_MODELS, model_path
 
 pytestmark = pytest.mark.integration
@@ -44,6 +45,18 @@ def same_ids_as_autoregressive(backend: str, drafter: str, policy: str, n: int, 
 
 def test_torch_ngram_greedy_equals_autoregressive():
     same_ids_as_autoregressive("torch", "ngram", "heuristic", n=2)
+
+
+def test_torch_self_drafting_greedy_equals_autoregressive():
+    """The early exit on a real model: its draft reuses the target's cache, and must leave
+    it exactly as it was (fixed: it drafts every step, wherever it would pay)."""
+    same_ids_as_autoregressive("torch", "self", "fixed", n=2)
+
+
+@needs_llama
+def test_llama_cpp_refuses_self_drafting_with_the_way_out():
+    with pytest.raises(ModelError, match="--backend torch"):
+        load(DRAFT, drafter="self", backend="llama.cpp")
 
 
 @needs_llama
