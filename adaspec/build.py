@@ -38,7 +38,7 @@ class EngineSpec:
     drafter can use one and the policy may ever ask it here; ``"none"``: no draft model.
     ``k``: the policy's draft-length knob (None: its default); ``context``: tokens of
     context per slot (None: what fits); ``slots``: requests in flight at once;
-    ``suffix_cache_tokens``: DrafterOptions."""
+    ``suffix_cache_tokens``, ``draft_window``: DrafterOptions."""
 
     target: str | Path = DEFAULT_TARGET
     draft: str | Path | None = None
@@ -53,6 +53,7 @@ class EngineSpec:
     context: int | None = None
     slots: int = 1
     suffix_cache_tokens: int = DEFAULT_OPTIONS.suffix_cache_tokens
+    draft_window: int = DEFAULT_OPTIONS.draft_window
 
     def __post_init__(self) -> None:
         DRAFTERS.get(self.drafter)  # an unknown name fails before any model loads
@@ -62,7 +63,7 @@ class EngineSpec:
 
     @property
     def drafter_options(self) -> DrafterOptions:
-        return DrafterOptions(suffix_cache_tokens=self.suffix_cache_tokens)
+        return DrafterOptions(self.suffix_cache_tokens, self.draft_window)
 
 
 def build_engine(

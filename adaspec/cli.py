@@ -26,6 +26,7 @@ from adaspec.cli_options import (
     Draft,
     DraftBackend,
     Drafter,
+    DraftWindow,
     Dtype,
     K,
     Policy,
@@ -145,6 +146,7 @@ def generate(
     threads: Threads = None,
     context: Context = None,
     suffix_cache_tokens: SuffixCacheTokens = DEFAULT_OPTIONS.suffix_cache_tokens,
+    draft_window: DraftWindow = DEFAULT_OPTIONS.draft_window,
 ) -> None:
     """Generate text from a prompt, streaming it, then print one line of statistics."""
     text = read_prompt(prompt)
@@ -163,6 +165,7 @@ def generate(
         threads=threads,
         context=context,
         suffix_cache_tokens=suffix_cache_tokens,
+        draft_window=draft_window,
     )
     with err.status(f"loading {target}" + (f" and {draft}" if draft else "")):
         engine = build_engine(spec)
@@ -279,6 +282,7 @@ def bench(
         ),
     ] = 0,
     suffix_cache_tokens: SuffixCacheTokens = DEFAULT_OPTIONS.suffix_cache_tokens,
+    draft_window: DraftWindow = DEFAULT_OPTIONS.draft_window,
 ) -> None:
     """Spec-Bench on the model pair: adaspec methods and peers side by side, one report."""
     from adaspec.bench.harness import BenchOptions, check_methods, run_bench
@@ -310,6 +314,7 @@ def bench(
         context=context,
         record_rows=record_rows,
         suffix_cache_tokens=suffix_cache_tokens,
+        draft_window=draft_window,
     )
     with bench_progress() as on_tick:
         outcome = run_bench(options, on_tick)

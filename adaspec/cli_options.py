@@ -61,6 +61,13 @@ SuffixCacheTokens = Annotated[
         "request (0: each request drafts from its own text only)."
     ),
 ]
+DraftWindow = Annotated[
+    int,
+    typer.Option(
+        help="The text's last tokens the draft model attends to, beside its first 4, so its "
+        "cost stops growing with a long prompt (0: the whole text)."
+    ),
+]
 Device = Annotated[str | None, typer.Option(help="torch device (default: cuda if present).")]
 Dtype = Annotated[
     str | None, typer.Option(help="torch dtype: float32 (default) | bfloat16 | float16.")

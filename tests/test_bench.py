@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from adaspec.bench import peers as peer_factories
 from adaspec.bench import report
 from adaspec.bench.harness import BenchOptions, run_bench
-from adaspec.bench.methods import AdaspecMethod, Run
+from adaspec.bench.methods import AdaspecMethod, Run, method_window
 from adaspec.bench.questions import load_questions, select
 from adaspec.cli import app
 from adaspec.errors import ConfigError
@@ -258,3 +258,12 @@ def test_the_baselines_repeats_measure_the_noise_on_identical_work():
     cells = report.table(runs)
     text = report.markdown(cells, "none", [], [], "# bench", (median, largest, n))
     assert "differed by a median 15% in tokens/s (at most 20%, over 2 questions)" in text
+
+
+def test_a_method_may_name_its_draft_window():
+    assert AdaspecMethod.names("model:fixed@window=512") == ("model", "fixed")
+    assert method_window("model:fixed@window=512", 0) == 512
+    assert method_window("model", 64) == 64
+    for bad in ("model@window=", "model@size=3", "model@window=-1"):
+        with pytest.raises(ConfigError, match="window=TOKENS"):
+            AdaspecMethod.parse(bad)

@@ -35,6 +35,7 @@ from adaspec.budget import Budget
 from adaspec.config import GenerationConfig, SamplingParams
 from adaspec.draft import Draft
 from adaspec.drafters import DRAFTERS, Drafter
+from adaspec.drafters.options import DrafterOptions
 from adaspec.engine import Engine
 from adaspec.policies import POLICIES
 from adaspec.profile import machine_profile
@@ -409,3 +410,17 @@ def test_trimming_a_sampled_draft_by_look_ahead_fails_the_same_test(monkeypatch)
     test, answers = goodput_on_the_trim_sensitive_pair()
     assert answers.verified > 0
     assert test.p_value < ALPHA, test
+
+
+def test_a_windowed_draft_model_stays_lossless():
+    """A draft that sees the text's first 4 tokens and its last one only (window 1): its
+    rows differ from what the whole text would give (the table reads the last two tokens),
+    and the answers are still the target's."""
+    setting = SETTINGS["t1-v6-eos"]
+    clock = Clock()
+    target, draft = setting.pair(clock)
+    windowed = DRAFTERS.get("model").create(target, draft, DrafterOptions(draft_window=1))
+    engine = Engine(target, windowed, POLICIES.get("fixed").create(None, target), clock=clock)
+    test, answers = lossless_test(engine, setting)
+    assert answers.verified > 0 and answers.rejected > 0
+    assert test.p_value > ALPHA, f"{test}: detects TV >= {test.detectable_tv():.3f}"

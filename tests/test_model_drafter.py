@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 import torch
 
 from adaspec.budget import Budget
 from adaspec.config import GenerationConfig, SamplingParams
-from adaspec.drafters.model import ModelDrafter
+from adaspec.drafters.model import SINKS, ModelDrafter, draft_view
+from adaspec.drafters.options import DrafterOptions
 from adaspec.engine import Engine
+from adaspec.errors import ConfigError
 from adaspec.policies.fixed import FixedPolicy
 from adaspec.state import DecodeState
-from tests.tiny import ar_tokens, backend, tiny_model
+from tests.tiny import ar_tokens, backend, perturbed, tiny_model
 
 
 class CountingBackend:
@@ -88,3 +91,41 @@ class StopAfter:
     def budget(self, state):
         floors = (0.0,) * self.n + (1.1,)  # no path is accepted with probability 1.1
         return replace(self.inner.budget(state), min_path=floors)
+
+
+def test_a_draft_window_keeps_the_sinks_and_at_most_the_window_of_the_tail():
+    text = list(range(100))
+    assert draft_view(text, 0) == text and draft_view(text[:20], 16) == text[:20]
+    views = [draft_view(text[:n], 16) for n in range(21, 100)]
+    for n, view in zip(range(21, 100), views, strict=True):
+        assert view[:SINKS] == text[:SINKS] and view[-1] == n - 1
+        assert 8 < len(view) - SINKS <= 16  # the window's start moves by half a window
+    assert len({view[SINKS] for view in views}) < len(views) // 4  # a window is re-fed rarely
+
+
+def test_a_windowed_draft_is_lossless_and_its_cache_stays_bounded():
+    """Greedy ids equal plain decoding's with the draft seeing 4 + 8 tokens of a text that
+    grows past 60; the draft's cache never holds more than the view and a draft."""
+    target = backend(tiny_model())
+    prompt = [5, 9, 13, 21, 8, 5, 9, 13, 40, 2, 17, 3, 5, 9, 13, 21, 8, 5, 9, 13, 40, 2]
+    expected = ar_tokens(target, prompt, 40)
+    drafter = ModelDrafter(backend(perturbed(target.model, 0.3)), target.vocab_size, window=8)
+    lengths = []
+    draft_backend = drafter.backend
+    forward = draft_backend.forward
+
+    def watched(tokens, parents=None):
+        lengths.append(draft_backend.length + len(tokens))
+        return forward(tokens, parents)
+
+    draft_backend.forward = watched
+    engine = Engine(target, drafter, FixedPolicy(3))
+    result = engine.generate(prompt, GenerationConfig(max_new_tokens=40))
+    assert result.token_ids == expected
+    assert result.stats.summary()["accepted"] > 0
+    assert lengths and max(lengths) <= SINKS + 8 + 3
+
+
+def test_a_negative_draft_window_is_refused_with_the_flag_named():
+    with pytest.raises(ConfigError, match="--draft-window must be 0 or more"):
+        DrafterOptions(draft_window=-1)

@@ -47,6 +47,7 @@ class BenchOptions:
     context: int | None = None
     record_rows: int = 0  # the baseline keeps its rows' top-k for replay (0: none)
     suffix_cache_tokens: int = DEFAULT_OPTIONS.suffix_cache_tokens
+    draft_window: int = DEFAULT_OPTIONS.draft_window
 
 
 @dataclass
@@ -72,6 +73,7 @@ def run_bench(
             options.k,
             record_rows=_rows_for(m, options),
             suffix_cache_tokens=options.suffix_cache_tokens,
+            draft_window=options.draft_window,
         )
         for m in methods_spec
     ]

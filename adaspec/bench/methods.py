@@ -21,6 +21,7 @@ from adaspec.build import EngineSpec, build_engine
 from adaspec.config import GenerationConfig
 from adaspec.drafters import DRAFTERS
 from adaspec.drafters.options import DEFAULT_OPTIONS
+from adaspec.errors import ConfigError
 from adaspec.policies import POLICIES
 
 
@@ -62,9 +63,11 @@ def peak_rss_mb() -> float:
 
 
 class AdaspecMethod:
-    """``drafter[:policy]`` through the adaspec engine, e.g. ``none``, ``ngram:heuristic``
-    (the policy defaults to goodput). Drafters that can use the draft model get it, so
-    ``auto`` has it as an arm, as ``adaspec generate`` runs it with the default pair."""
+    """``drafter[:policy][@window=W]`` through the adaspec engine, e.g. ``none``,
+    ``ngram:heuristic``, ``model@window=1024`` (the policy defaults to goodput; ``window``:
+    the draft window, over the bench's ``--draft-window``, so a bench compares a draft
+    model with and without one side by side). Drafters that can use the draft model get
+    it, so ``auto`` has it as an arm, as ``adaspec generate`` runs it with the default pair."""
 
     def __init__(
         self,
@@ -76,11 +79,16 @@ class AdaspecMethod:
         time_costs: bool = True,
         record_rows: int = 0,
         suffix_cache_tokens: int = DEFAULT_OPTIONS.suffix_cache_tokens,
+        draft_window: int = DEFAULT_OPTIONS.draft_window,
     ) -> None:
         self.name = spec
         drafter, policy = self.names(spec)
         spec = EngineSpec(
-            drafter=drafter, policy=policy, k=k, suffix_cache_tokens=suffix_cache_tokens
+            drafter=drafter,
+            policy=policy,
+            k=k,
+            suffix_cache_tokens=suffix_cache_tokens,
+            draft_window=method_window(spec, draft_window),
         )
         self.engine = build_engine(
             spec, target, draft, clock=clock, time_costs=time_costs, record_rows=record_rows
@@ -90,13 +98,15 @@ class AdaspecMethod:
     @staticmethod
     def names(spec: str) -> tuple[str, str]:
         """``drafter[:policy]`` to the two registry names (the policy defaults to goodput)."""
-        drafter, _, policy = spec.partition(":")
+        drafter, _, policy = spec.partition("@")[0].partition(":")
         return drafter, policy or "goodput"
 
     @classmethod
     def parse(cls, spec: str) -> tuple[type, type]:
-        """``drafter[:policy]`` to its classes; unknown names raise a ConfigError."""
+        """``drafter[:policy][@window=W]`` to its classes; unknown names and a bad window
+        raise a ConfigError."""
         drafter, policy = cls.names(spec)
+        method_window(spec, DEFAULT_OPTIONS.draft_window)
         return DRAFTERS.get(drafter), POLICIES.get(policy)
 
     @classmethod
@@ -119,6 +129,20 @@ class AdaspecMethod:
             "accepted_per_step": [s.accepted for s in result.stats.steps],
             **(_recorded_rows(result.stats.steps) if self.record_rows else {}),
         }
+
+
+def method_window(spec: str, default: int) -> int:
+    """The draft window a method spec names (``...@window=W``), else ``default``."""
+    _, at, option = spec.partition("@")
+    if not at:
+        return default
+    key, _, value = option.partition("=")
+    if key != "window" or not value.isdigit():
+        raise ConfigError(
+            f"method {spec!r}: after @ give window=TOKENS (e.g. model@window=1024), "
+            "the draft model's window"
+        )
+    return int(value)
 
 
 def _recorded_rows(steps) -> dict:

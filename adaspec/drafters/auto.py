@@ -38,7 +38,7 @@ class AutoDrafter(DrafterSet):
         }
         shares = dict.fromkeys(arms, 0.0)
         if draft is not None:
-            model = ModelDrafter.create(target, draft)
+            model = ModelDrafter.create(target, draft, options)
             arms["model"], arms["model-tree"] = model, ModelTreeDrafter(model)  # one cache
             shares["model"] = shares["model-tree"] = draft.weight_bytes / max(
                 target.weight_bytes, 1

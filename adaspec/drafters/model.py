@@ -4,6 +4,11 @@ Its KV cache is kept in step with the committed text lazily: before drafting, po
 target rejected are rolled back and the tokens the draft has not seen yet (the prompt on the
 first proposal, then the accepted tail and the target's recovered or bonus token) are fed in
 one pass, which also yields the distribution of the first draft token.
+
+With a window (LongSpec, StreamingLLM) the draft sees only the text's first SINKS tokens
+and its last ``window`` or fewer, so its cache and its cost per token stop growing with the
+prompt, and a long prompt is not prefilled into it whole. Only the draft is windowed: the
+target verifies against the whole text, so the output is the same.
 """
 
 from __future__ import annotations
@@ -25,6 +30,19 @@ from adaspec.state import DecodeState
 from adaspec.stats import StepOutcome
 from adaspec.tree import common_prefix
 
+SINKS = 4  # StreamingLLM's attention sinks: the text's first tokens, always in the window
+
+
+def draft_view(tokens: Sequence[int], window: int) -> list[int]:
+    """The text as a windowed draft sees it: the first SINKS tokens, then the last
+    ``window`` or fewer. The window's start moves in steps of half a window, so the draft
+    re-feeds its window once per window / 2 tokens, not at every step."""
+    if window <= 0 or len(tokens) <= SINKS + window:
+        return list(tokens)
+    step = max(1, window // 2)
+    start = SINKS + -(-(len(tokens) - SINKS - window) // step) * step
+    return [*tokens[:SINKS], *tokens[start:]]
+
 
 @DRAFTERS.register("model")
 class ModelDrafter:
@@ -38,8 +56,10 @@ class ModelDrafter:
         vocab_size: int,
         head: AcceptanceHead | None = None,
         max_rejection: float = 0.7,
+        window: int = 0,
     ) -> None:
         self.backend = backend
+        self.window = window  # the text's last tokens it attends to (0: all; draft_view)
         self.vocab_size = vocab_size  # the target's logits width; q rows must match it
         self.head = head
         self.max_rejection = max_rejection  # SpecDec++'s stop rule, used with a head
@@ -55,7 +75,8 @@ class ModelDrafter:
             raise missing_draft_model("model")
         check_same_vocabulary(target, draft)
         path = head_path(draft.label)
-        return cls(draft, target.vocab_size, AcceptanceHead.load(path) if path.exists() else None)
+        head = AcceptanceHead.load(path) if path.exists() else None
+        return cls(draft, target.vocab_size, head, window=options.draft_window)
 
     def open(self, state: DecodeState) -> ModelDrafter:
         """A copy on the draft model's cache for the request's slot."""
@@ -103,7 +124,9 @@ class ModelDrafter:
     def catch_up(self, tokens: Sequence[int]) -> torch.Tensor:
         """Roll back to the longest prefix shared with ``tokens`` and feed the rest in one
         forward that scores only the last (the prompt on the first call; after a fully
-        accepted draft, its last token and the target's bonus token: one forward, not two)."""
+        accepted draft, its last token and the target's bonus token: one forward, not two).
+        With a window, ``tokens`` as the window shows them (draft_view)."""
+        tokens = draft_view(tokens, self.window)
         shared = common_prefix(self._fed, tokens)
         shared = min(shared, len(tokens) - 1)  # feed at least one token to get logits
         self.backend.rollback(shared)

@@ -75,7 +75,7 @@ class ModelTreeDrafter:
         if draft is None:
             raise missing_draft_model("model-tree")
         check_same_vocabulary(target, draft)
-        return cls(ModelDrafter(draft, target.vocab_size))
+        return cls(ModelDrafter(draft, target.vocab_size, window=options.draft_window))
 
     def open(self, state: DecodeState, model: ModelDrafter | None = None) -> ModelTreeDrafter:
         """A copy on the request's draft cache: ``model``, where a chain drafter of the same

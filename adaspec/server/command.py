@@ -17,6 +17,7 @@ from adaspec.cli_options import (
     Draft,
     DraftBackend,
     Drafter,
+    DraftWindow,
     Dtype,
     K,
     Policy,
@@ -59,6 +60,7 @@ def serve(
     threads: Threads = None,
     context: Context = None,
     suffix_cache_tokens: SuffixCacheTokens = DEFAULT_OPTIONS.suffix_cache_tokens,
+    draft_window: DraftWindow = DEFAULT_OPTIONS.draft_window,
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API until SIGTERM or Ctrl-C."""
     from adaspec.server.launch import bind, load_engine
@@ -80,6 +82,7 @@ def serve(
         context=context,
         slots=parallel,
         suffix_cache_tokens=suffix_cache_tokens,
+        draft_window=draft_window,
     )
     settings = ServerSettings(
         model_id=target,
