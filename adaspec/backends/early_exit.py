@@ -52,15 +52,15 @@ def exit_run(model: PreTrainedModel, cache: DynamicCache, layer: int) -> Iterato
     committed text, all of it or all but its last token)."""
     inner = decoder_parts(model)
     kept = [(held.keys, held.values) for held in cache.layers[:layer]]
-    held = [cache.get_seq_length()]  # positions the exit's layers hold now
+    held = cache.get_seq_length()  # positions the exit's layers hold now
 
     def run(text: Sequence[int]) -> torch.Tensor:
-        if held[0] >= len(text):  # the last token was prefilled: its row is needed again
+        nonlocal held
+        if held >= len(text):  # the last token was prefilled: its row is needed again
             _crop_layers(cache, layer, len(text) - 1)
-            held[0] = len(text) - 1
-        new = list(text[held[0] :])
-        hidden = _layers(model, inner, cache, layer, new, held[0])
-        held[0] = len(text)
+            held = len(text) - 1
+        hidden = _layers(model, inner, cache, layer, list(text[held:]), held)
+        held = len(text)
         return model.lm_head(inner.norm(hidden[:, -1:]))[0, -1]  # [vocab]
 
     try:

@@ -14,7 +14,7 @@ target verifies against the whole text, so the output is the same.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import torch
@@ -95,28 +95,20 @@ class ModelDrafter:
     def propose(self, state: DecodeState, budget: Budget) -> Draft:
         if budget.depth_limit == 0:
             return Draft(source="model")
-        logits = self.catch_up(state.tokens)  # [vocab]
-        tokens: list[int] = []
-        rows: list[torch.Tensor] = []
-        confidences: list[float] = []
-        all_accepted = 1.0  # the head's P(every token so far is accepted)
-        while True:
-            q = probabilities(logits[None], state.sampling)[0]  # [vocab], warped like p
-            confidence = (
-                draft_confidence(logits, q, state) if self._head_p is None else self._head_p
-            )
-            all_accepted *= confidence
-            if confidence < budget.min_confidence or self._rejection_likely(all_accepted):
-                break
-            token = int(q.argmax()) if state.sampling.greedy else sample(q, state.generator)
-            tokens.append(token)
-            rows.append(q)
-            confidences.append(confidence)
-            if budget.enough(confidences):
-                break
-            logits = self._feed([token])
-        probs = torch.stack(rows) if rows and not state.sampling.greedy else None  # [k, vocab]
-        return Draft(tokens, probs, confidences, "model")
+        first = self.catch_up(state.tokens)  # [vocab]
+        return draw_chain(
+            first,
+            lambda token: self._feed([token]),
+            state,
+            budget,
+            "model",
+            self._confidence,
+            self._rejection_likely,
+        )
+
+    def _confidence(self, logits: torch.Tensor, q: torch.Tensor, state: DecodeState) -> float:
+        """The head's prediction for the row last fed, where there is a head."""
+        return draft_confidence(logits, q, state) if self._head_p is None else self._head_p
 
     def observe(self, outcome: StepOutcome) -> None:
         pass  # the cache is re-synchronised from the committed tokens in propose()
@@ -150,6 +142,42 @@ class ModelDrafter:
         logits, hidden = self.backend.forward_hidden(tokens)
         self._head_p = float(self.head.probability(hidden[-1:], logits[-1:])[0])
         return fit_width(logits[-1], self.vocab_size)
+
+
+def draw_chain(
+    logits: torch.Tensor,  # [vocab] the draft's row for the first token
+    next_row: Callable[[int], torch.Tensor],
+    state: DecodeState,
+    budget: Budget,
+    source: str,
+    confidence_of: Callable[[torch.Tensor, torch.Tensor, DecodeState], float] | None = None,
+    give_up: Callable[[float], bool] = lambda all_accepted: False,
+) -> Draft:
+    """A chain drawn one token per row (``next_row(token)``: the row after it): q warped
+    like p, its argmax under greedy decoding, else a sample. It stops before a token whose
+    confidence is below the budget's or where ``give_up`` (P(every token so far is
+    accepted)) says so, and once the budget has enough: each from what was known before
+    the next token is drawn (docs/design.md, rule 1)."""
+    confidence_of = confidence_of or draft_confidence
+    tokens: list[int] = []
+    rows: list[torch.Tensor] = []
+    confidences: list[float] = []
+    all_accepted = 1.0
+    while True:
+        q = probabilities(logits[None], state.sampling)[0]  # [vocab], warped like p
+        confidence = confidence_of(logits, q, state)
+        all_accepted *= confidence
+        if confidence < budget.min_confidence or give_up(all_accepted):
+            break
+        token = int(q.argmax()) if state.sampling.greedy else sample(q, state.generator)
+        tokens.append(token)
+        rows.append(q)
+        confidences.append(confidence)
+        if budget.enough(confidences):
+            break
+        logits = next_row(token)
+    probs = torch.stack(rows) if rows and not state.sampling.greedy else None  # [k, vocab]
+    return Draft(tokens, probs, confidences, source)
 
 
 def draft_confidence(logits: torch.Tensor, q: torch.Tensor, state: DecodeState) -> float:

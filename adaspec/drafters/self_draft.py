@@ -21,11 +21,10 @@ from adaspec.backends.early_exit import EarlyExit
 from adaspec.budget import Budget
 from adaspec.draft import Draft
 from adaspec.drafters.base import DRAFTERS
-from adaspec.drafters.model import draft_confidence, fit_width
+from adaspec.drafters.model import draw_chain, fit_width
 from adaspec.drafters.options import DEFAULT_OPTIONS, DrafterOptions
 from adaspec.errors import ModelError
 from adaspec.policies.rates import expected_tokens
-from adaspec.sampling import probabilities, sample
 from adaspec.state import DecodeState
 from adaspec.stats import StepOutcome
 
@@ -113,25 +112,15 @@ class SelfDrafter:
         if budget.depth_limit == 0:
             return Draft(source="self")
         self.exit = self.choice.choose(budget.depth_limit)
-        tokens: list[int] = []
-        rows: list[torch.Tensor] = []
-        confidences: list[float] = []
-        width = self.target.vocab_size
+        text, width = list(state.tokens), self.target.vocab_size
         with self.target.early_exit(self.exit) as run:
-            while True:
-                logits = fit_width(run([*state.tokens, *tokens]), width)
-                q = probabilities(logits[None], state.sampling)[0]  # [vocab], warped like p
-                confidence = draft_confidence(logits, q, state)
-                if confidence < budget.min_confidence:
-                    break
-                token = int(q.argmax()) if state.sampling.greedy else sample(q, state.generator)
-                tokens.append(token)
-                rows.append(q)
-                confidences.append(confidence)
-                if budget.enough(confidences):
-                    break
-        probs = torch.stack(rows) if rows and not state.sampling.greedy else None  # [k, vocab]
-        return Draft(tokens, probs, confidences, "self")
+
+            def next_row(token: int) -> torch.Tensor:
+                text.append(token)
+                return fit_width(run(text), width)
+
+            first = fit_width(run(text), width)
+            return draw_chain(first, next_row, state, budget, "self")
 
     def observe(self, outcome: StepOutcome) -> None:
         if outcome.drafter == "self" and self.exit is not None and outcome.drafted:
