@@ -8,6 +8,7 @@ median milliseconds of ``forward(k)`` after a given context, saved as JSON in th
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import random
 import statistics
@@ -21,12 +22,18 @@ from time import perf_counter
 from adaspec.backends.base import Backend, SlotRows, forward_slots, slot_of
 from adaspec.models import cache_dir
 
+log = logging.getLogger("adaspec")
 DEFAULT_KS = (1, 2, 3, 4, 6, 8, 12, 16)
 DEFAULT_CONTEXTS = (128, 512, 1024)
 # What a first load times when no profile is saved: the sizes goodput plans with first.
 QUICK_KS = (1, 2, 3, 4, 6, 8)
 QUICK_CONTEXT = 128
 QUICK_REPEATS = 3
+# A timing whose repeats differ by more than this share of their median (and a few ms, the
+# jitter of any forward) was taken while the machine was busy: good enough to plan one run
+# with, not to keep for every later one.
+STEADY_SPREAD = 0.5
+STEADY_JITTER_MS = 5.0
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,15 @@ class CostProfile:
         i = min(bisect_left(ks, k), len(ks) - 1)
         k0, k1, m0, m1 = ks[i - 1], ks[i], row[i - 1], row[i]
         return m0 + (m1 - m0) * (k - k0) / (k1 - k0)
+
+    def steady(self) -> bool:
+        """Whether every point's repeats agree within STEADY_SPREAD of their median."""
+        rows = zip(self.ms, self.spread_ms, strict=True)
+        return all(
+            spread <= STEADY_SPREAD * ms + STEADY_JITTER_MS
+            for row, spreads in rows
+            for ms, spread in zip(row, spreads, strict=True)
+        )
 
     def save(self, path: Path | None = None) -> Path:
         path = path or profile_path(self.model, self.backend, self.threads, self.slots)
@@ -115,13 +131,21 @@ def machine_profile(backend: Backend, clock: Callable[[], float] = perf_counter)
     """The backend's given profile; else the one saved for this model, backend, threads and
     CPU, or one timed now (forwards over 1 to 8 positions after a short context: seconds,
     once) and saved. Without it a process's first requests would learn what verifying costs
-    by paying for drafts that could not win (on a CPU, 2 positions cost twice one)."""
+    by paying for drafts that could not win (on a CPU, 2 positions cost twice one). One timed
+    while something else ran (repeats far apart) plans this run only and is not saved."""
     saved = planning_profile(backend)
     if saved is not None:
         return saved
     context = max(1, min(QUICK_CONTEXT, backend.context_length - max(QUICK_KS) - 1))
     profile = measure(backend, QUICK_KS, [context], QUICK_REPEATS, clock=clock)
-    profile.save()
+    if profile.steady():
+        profile.save()
+    else:
+        log.warning(
+            "the machine was busy while adaspec timed %s's forwards: planning with them for "
+            "this run only (`adaspec profile` times and saves them for good)",
+            backend.label,
+        )
     return profile
 
 

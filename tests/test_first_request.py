@@ -3,6 +3,8 @@ costs are timed when the engine is built (once, then read from the cache)."""
 
 from __future__ import annotations
 
+from itertools import cycle
+
 from adaspec.build import EngineSpec, build_engine
 from adaspec.config import GenerationConfig
 from adaspec.policies.fixed import FixedPolicy
@@ -45,6 +47,19 @@ def test_the_costs_are_timed_once_and_saved():
     timed = clock.now
     build_engine(EngineSpec(drafter="ngram", policy="goodput"), target, None, clock=clock)
     assert clock.now == timed  # read from the cache, not timed again
+
+
+def test_a_timing_taken_while_the_machine_was_busy_plans_one_run_and_is_not_kept():
+    """Forwards timed while tests ran beside them (repeats 3x apart) must not become every
+    later run's plan: the next load times them again."""
+    clock = Clock()
+    busy = cycle([1.0, 3.0])
+    target = TableBackend(
+        cyclic_target(clock).table, clock, lambda n: llama_cpp_like(n) * next(busy)
+    )
+    profile = machine_profile(target, clock)
+    assert not profile.steady() and saved_profile(target) is None
+    assert profile.ms[0][0] > 0  # still this run's plan
 
 
 def test_a_draft_model_that_could_never_pay_is_not_worth_loading():
