@@ -39,6 +39,7 @@ class GenerationConfig:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     seed: int | None = None  # None: a fresh random seed per request
     stop_at_eos: bool = True
+    speculate: bool = True  # False: plain decoding for this request (a side-by-side check)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:

@@ -251,6 +251,7 @@ class Engine:
         """The request's budget, its drafters' proposal and what of it to verify."""
         state, policy, drafters = _running(gen).parts()
         room = gen.config.max_new_tokens - state.generated - 1  # the step adds one itself
+        room = room if gen.config.speculate else 0  # no draft: a plain step
         budget = policy.budget(state).capped(room)
         t0 = self.clock()
         asked = ask_drafters(drafters.arms, state, budget, policy, self.clock)

@@ -53,9 +53,12 @@ class LiveServer:
 
 
 @contextmanager
-def live_server(engine: Engine, ready: bool = True, **settings) -> Iterator[LiveServer]:
+def live_server(
+    engine: Engine, ready: bool = True, thread: ModelThread | None = None, **settings
+) -> Iterator[LiveServer]:
+    """``thread``: the one that loaded ``engine``, where a real backend's calls must run."""
     settings.setdefault("model_id", "tiny")
-    server = LiveServer(engine, ServerSettings(**settings))
+    server = LiveServer(engine, ServerSettings(**settings), thread)
     server.start(ready)
     try:
         yield server

@@ -104,6 +104,12 @@ def test_health_and_models(server):
         assert http.get("/health").json() == {"status": "ok"}
         listed = http.get("/v1/models").json()
     assert listed["object"] == "list" and listed["data"][0]["id"] == "tiny"
+    assert listed["data"][0]["adaspec"] == {
+        "drafter": "none",
+        "policy": None,
+        "drafters": ["none"],
+        "backend": "torch",
+    }
     assert [m.id for m in api(server).models.list()] == ["tiny"]
 
 
@@ -164,6 +170,43 @@ def test_stream_without_usage_ends_with_finish_reason_and_adaspec(server):
             chunks = events(response)
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"
     assert "adaspec" in chunks[-1] and "usage" not in chunks[-1]
+
+
+def test_each_streamed_step_says_how_much_of_its_text_an_accepted_draft_wrote(model_dir):
+    engine = load(
+        str(model_dir), backend="torch", drafter="model", draft=str(model_dir), policy="fixed", k=3
+    )
+    body = {"prompt": PROMPTS[0], "max_tokens": 24}
+    with live_server(engine) as live, client(live) as http:
+        with http.stream("POST", "/v1/completions", json=body | {"stream": True}) as response:
+            chunks = events(response)
+        plain = http.post("/v1/completions", json=body | {"speculate": False}).json()
+    steps = [c for c in chunks if "from_draft" in c.get("adaspec", {})]
+    text = "".join(c["choices"][0]["text"] for c in chunks)
+    assert text == plain["choices"][0]["text"] and plain["adaspec"]["drafted"] == 0
+    assert sum(c["adaspec"]["tokens"] for c in steps) == 24 == len(steps) * 4
+    for chunk in steps:
+        mark, piece = chunk["adaspec"], chunk["choices"][0]["text"]
+        assert mark["drafter"] == "model" and mark["drafted"] == mark["accepted"] == 3
+        assert 0 <= mark["from_draft"] <= len(piece)
+    assert sum(c["adaspec"]["from_draft"] for c in steps) > 0
+    assert "from_draft" not in chunks[-1]["adaspec"]  # the request's totals, as before
+
+
+def test_speculate_false_decodes_plainly_with_the_same_text(model_dir, reference):
+    engine = load(str(model_dir), backend="torch", drafter="ngram", policy="fixed", k=3)
+    with live_server(engine) as live:
+        answers = [
+            api(live).completions.create(
+                model="tiny", prompt=p, max_tokens=24, extra_body={"speculate": False}
+            )
+            for p in PROMPTS
+        ]
+    assert [a.choices[0].text for a in answers] == [
+        greedy(reference, p, 24)[1].text for p in PROMPTS
+    ]
+    assert all(a.model_extra["adaspec"]["target_forwards"] == 24 for a in answers)
+    assert all(a.model_extra["adaspec"]["drafted"] == 0 for a in answers)
 
 
 def test_openai_client_streams(server, reference):

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, Response
 
 from adaspec import __version__
 from adaspec.engine import Engine
+from adaspec.server import page
 from adaspec.server.errors import install_handlers
 from adaspec.server.guards import LimitBody, RequireKey
 from adaspec.server.metrics import CountRequests
@@ -26,7 +27,9 @@ from adaspec.server.settings import ServerSettings
 from adaspec.server.state import ServerState
 from adaspec.server.warmup import warm_up
 
-PATHS = frozenset({"/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions"})
+PATHS = frozenset(
+    {"/", "/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions"}
+)
 
 
 def create_app(
@@ -54,6 +57,8 @@ def create_app(
     app.include_router(router)
     app.add_api_route("/health", health, methods=["GET"])
     app.add_api_route("/metrics", metrics, methods=["GET"])
+    app.add_api_route("/", page.index, methods=["GET"])
+    app.mount("/ui", page.assets(), name="ui")
     # The last added runs first: count every answer, then guard, then the routes.
     app.add_middleware(LimitBody, limit=settings.max_body_bytes)
     app.add_middleware(RequireKey, keys=settings.api_keys)

@@ -92,6 +92,8 @@ def serve(
         prefix_reuse=prefix_reuse,
         max_queue=max_queue,
         api_keys=tuple(api_key or ()),
+        drafter=drafter,
+        policy=policy,
     )
     sock = bind(host, port)  # a port in use fails now, not after the load
     thread = ModelThread()

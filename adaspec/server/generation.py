@@ -2,8 +2,10 @@
 
 The streamed and the whole answer are both made by iterating ``Completion.pieces()``, so
 they cannot differ. Text is decoded incrementally (never cutting a character) and cut at
-the first stop string; the request's counts go to the metrics and one log line at its end,
-also when its client left before it.
+the first stop string; each step's piece says how much of it came from an accepted draft,
+so a client can show speculation at work (the stream's ``adaspec`` extension). The
+request's counts go to the metrics and one log line at its end, also when its client left
+before it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from adaspec.server.errors import translate
 from adaspec.server.metrics import Metrics
 from adaspec.server.scheduler import Failed, Finished, Scheduler, Step
 from adaspec.server.stops import StopText
-from adaspec.stats import GenerationStats
+from adaspec.stats import GenerationStats, StepOutcome
 from adaspec.textstream import TextStream
 
 log = logging.getLogger("adaspec.server")
@@ -36,6 +38,18 @@ class Outcome:
     completion_tokens: int  # every token generated, also past a stop string
     cached_tokens: int
     stats: GenerationStats
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Text one step released (``step`` None: the text held back until the end). Its first
+    ``from_draft`` characters (code points) were decoded from draft tokens the target
+    accepted; text held back across steps (a split character, a possible stop string)
+    counts as the step's that released it."""
+
+    text: str
+    from_draft: int = 0
+    step: StepOutcome | None = None
 
 
 class Completion:
@@ -62,9 +76,10 @@ class Completion:
         self._last_step: float | None = None
         self.ticket = scheduler.submit(prompt, config, self.bridge.on_event)
 
-    async def pieces(self) -> AsyncIterator[str]:
-        """The answer's text as it comes; ``outcome`` is set once it is exhausted. Raises
-        an APIError where the request failed."""
+    async def pieces(self) -> AsyncIterator[Piece]:
+        """The answer as it comes: a piece per step (its text may be empty) and the rest
+        at the end; ``outcome`` is set once it is exhausted. Raises an APIError where the
+        request failed."""
         try:
             async for stamp, event in self.bridge.events():
                 if isinstance(event, Step):
@@ -73,13 +88,13 @@ class Completion:
                     piece = self._finish(stamp, event)
                 else:
                     raise self._failed(event)
-                if piece:
+                if piece.text or piece.step:
                     yield piece
         finally:
             self.abandon()
 
     async def whole(self) -> str:
-        return "".join([piece async for piece in self.pieces()])
+        return "".join([piece.text async for piece in self.pieces()])
 
     def abandon(self) -> None:
         """The client is gone: cancel the request (its slot is free within one step) and
@@ -89,18 +104,23 @@ class Completion:
             self.ticket.cancel()
             self.bridge.abandon(self._abandoned)
 
-    def _step(self, stamp: float, step: Step) -> str:
+    def _step(self, stamp: float, step: Step) -> Piece:
         self._observe_latency(stamp, len(step.token_ids))
         if self.stop.stopped:
-            return ""  # a step already under way when the stop string was found
-        piece = self.stop.push(self.text.push(step.token_ids))
+            return Piece("")  # a step already under way when the stop string was found
+        accepted = min(step.outcome.accepted, len(step.token_ids))
+        drafted = self._release(step.token_ids[:accepted])
+        own = self._release(step.token_ids[accepted:])
         if self.stop.stopped:
             self.ticket.cancel()
-        return piece
+        return Piece(drafted + own, len(drafted), step.outcome)
 
-    def _finish(self, stamp: float, finished: Finished) -> str:
+    def _release(self, ids: list[int]) -> str:
+        return self.stop.push(self.text.push(ids)) if ids else ""
+
+    def _finish(self, stamp: float, finished: Finished) -> Piece:
         self._ended = True
-        piece = self.stop.push(self.text.flush()) + self.stop.flush()
+        text = self.stop.push(self.text.flush()) + self.stop.flush()
         result = finished.result
         stopped = self.stop.stopped or result.finish_reason == "stop"
         self.outcome = Outcome(
@@ -111,7 +131,7 @@ class Completion:
             stats=result.stats,
         )
         self._record(stamp, finished, by_client=finished.cancelled and not self.stop.stopped)
-        return piece
+        return Piece(text)
 
     def _failed(self, failed: Failed) -> Exception:
         self._ended = True

@@ -14,7 +14,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from adaspec.server.generation import Outcome
+from adaspec.server.generation import Outcome, Piece
 from adaspec.stats import GenerationStats
 
 DONE = "data: [DONE]\n\n"
@@ -64,6 +64,20 @@ def speculation(stats: GenerationStats) -> dict[str, Any]:
         "mean_accepted": summary["mean_accepted"],
         "target_forwards": summary["target_forwards"],
         "drafters": dict(drafters),
+    }
+
+
+def step_mark(piece: Piece) -> dict[str, Any]:
+    """A streamed chunk's ``adaspec`` object: the step that released its text, and how many
+    of its first characters (code points) came from an accepted draft (docs/serving.md)."""
+    step = piece.step
+    assert step is not None
+    return {
+        "from_draft": piece.from_draft,
+        "drafter": step.drafter or None,
+        "drafted": step.drafted,
+        "accepted": step.accepted,
+        "tokens": step.emitted,
     }
 
 

@@ -42,8 +42,21 @@ async def list_models(request: Request) -> dict[str, Any]:
         "object": "model",
         "created": server.created,
         "owned_by": "adaspec",
+        "adaspec": speculation_setup(server),
     }
     return {"object": "list", "data": [model]}
+
+
+def speculation_setup(server: ServerState) -> dict[str, Any]:
+    """How the server speculates: what its chat page shows, and any client may read."""
+    engine, settings = server.engine, server.settings
+    arms = list(engine.drafters.arms)
+    return {
+        "drafter": settings.drafter or ",".join(arms),
+        "policy": settings.policy or None,
+        "drafters": arms,
+        "backend": engine.target.name,
+    }
 
 
 @router.post("/chat/completions", response_model=None)
@@ -135,7 +148,8 @@ async def stream(frame: responses.Frame, completion: Completion, usage: bool) ->
         yield responses.event(responses.chunk(frame, "", role=True) | extra)
     try:
         async for piece in completion.pieces():
-            yield responses.event(responses.chunk(frame, piece) | extra)
+            mark = {"adaspec": responses.step_mark(piece)} if piece.step else {}
+            yield responses.event(responses.chunk(frame, piece.text) | extra | mark)
     except Exception as error:  # headers are sent: the error goes in the stream
         yield responses.event(translate(error).body())
         yield responses.DONE

@@ -56,6 +56,7 @@ class GenerationRequest(BaseModel):
     n: int | None = None  # one choice per request
     stream: bool = False
     stream_options: StreamOptions | None = None
+    speculate: bool = True  # an extension; false: plain decoding, the same text greedily
 
     @field_validator("stop")
     @classmethod
@@ -89,7 +90,12 @@ class GenerationRequest(BaseModel):
             top_k=self.top_k or 0,
             top_p=1.0 if self.top_p is None else self.top_p,
         )
-        return GenerationConfig(max_new_tokens=max_new_tokens, sampling=sampling, seed=self.seed)
+        return GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            sampling=sampling,
+            seed=self.seed,
+            speculate=self.speculate,
+        )
 
 
 class ChatCompletionRequest(GenerationRequest):

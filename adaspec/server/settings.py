@@ -19,6 +19,8 @@ class ServerSettings:
     api_keys: tuple[str, ...] = ()  # empty: /v1 is open
     max_body_bytes: int = 8 * 2**20  # a prompt that fills a long context is well under this
     drain_timeout_s: float = 60.0  # at shutdown, most time left to requests still running
+    drafter: str = ""  # the --drafter and --policy asked for, which /v1/models reports
+    policy: str = ""
 
     def __post_init__(self) -> None:
         if self.parallel < 1:
