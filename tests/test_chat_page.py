@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from playwright.sync_api import Browser, Page, sync_playwright
 
 from adaspec.api import load
 from adaspec.models import DEFAULT_DRAFT, DEFAULT_TARGET, NAMED_MODELS, model_path
+from adaspec.server.bridge import EventBridge
+from adaspec.server.scheduler import Step
 from tests.live import LiveServer, live_server
 
 pytestmark = pytest.mark.browser
@@ -82,6 +85,8 @@ def page(browser: Browser) -> Iterator[Page]:
 def open_chat(page: Page, live: LiveServer, tokens: int = TOKENS) -> None:
     page.goto(live.url + "/")
     page.wait_for_selector("body[data-ready=true]", timeout=WAIT_MS)
+    if not page.is_visible("#max-tokens"):  # a narrow window folds the settings away
+        page.click("#settings summary")
     page.fill("#max-tokens", str(tokens))
 
 
@@ -178,9 +183,7 @@ def test_a_keyed_servers_page_asks_for_the_key(model_dir, module_cache, page):
         assert "API key is required" in page.inner_text("#key-message")
         page.fill("#key", "wrong")
         page.press("#key", "Enter")
-        page.wait_for_function(
-            "document.querySelector('#key-message').textContent.includes('not valid')"
-        )
+        page.wait_for_selector("#key-message:has-text('not valid')", timeout=WAIT_MS)
         page.fill("#key", "sesame")
         page.press("#key", "Enter")
         page.wait_for_selector("body[data-ready=true]", timeout=WAIT_MS)
@@ -218,3 +221,46 @@ def test_the_default_pair_on_the_page(browser):
     assert shown["text"] == expected.choices[0].message.content
     assert (shown["marked"] > 0) == (expected.model_extra["adaspec"]["accepted"] > 0)
     assert "tok/s" in shown["stats"]
+
+
+def test_stop_ends_the_answer_and_keeps_what_came(server, page, monkeypatch):
+    original = EventBridge.on_event
+
+    def late(self, event):  # 30 ms a step: the answer is still coming when Stop is pressed
+        if isinstance(event, Step):
+            time.sleep(0.03)
+        original(self, event)
+
+    monkeypatch.setattr(EventBridge, "on_event", late)
+    open_chat(page, server, tokens=96)
+    page.fill("#prompt", "The quick brown fox")
+    page.press("#prompt", "Enter")
+    page.wait_for_selector(".answer span", timeout=WAIT_MS)
+    page.click("#stop")
+    stopped = page.wait_for_selector(".msg.assistant[data-state=failed]", timeout=WAIT_MS)
+    assert stopped.query_selector(".error").inner_text() == "Stopped."
+    assert stopped.evaluate("element => element.answerText") != ""
+    assert page.is_enabled("#send") and not page.is_enabled("#stop")
+
+
+def test_a_narrow_window_and_the_keyboard(server, browser):
+    context = browser.new_context(viewport={"width": 380, "height": 800})
+    page = context.new_page()
+    try:
+        open_chat(page, server)
+        ask(page, "models run")
+        width = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+        assert width[0] <= width[1]  # nothing wider than the window
+        page.focus(".chart")
+        page.keyboard.press("ArrowRight")
+        assert page.inner_text("#step-info").startswith("Step 1: model drafted 3")
+        unlabeled = page.evaluate(
+            """[...document.querySelectorAll("input, textarea")]
+                .filter((e) => !e.closest("label"))
+                .filter((e) => !document.querySelector(`label[for="${e.id}"]`))
+                .map((e) => e.id)"""
+        )
+        assert unlabeled == []
+        screenshot(page, "chat-page-narrow.png")
+    finally:
+        context.close()

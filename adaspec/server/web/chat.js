@@ -434,6 +434,7 @@ function wire() {
   document.addEventListener("keydown", (event) => {
     if (event.key === "Escape" && page.running) page.running.abort();
   });
+  if (matchMedia("(max-width: 800px)").matches) $("settings").open = false; // chat first
   showLegend();
   connect();
 }
