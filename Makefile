@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 	  (echo "building llama-cpp-python $(LLAMA_CPP_VERSION) without llamafile (5-12 minutes)" && \
 	   CMAKE_ARGS="-DGGML_LLAMAFILE=OFF" $(BIN)/python -m pip wheel --quiet --no-deps \
 	     --no-cache-dir -w $(WHEELS) llama-cpp-python==$(LLAMA_CPP_VERSION))
-	$(BIN)/python -m pip install --quiet --find-links $(WHEELS) -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --find-links $(WHEELS) -e ".[dev,cluster]"
 	$(BIN)/python -c "from adaspec.backends.llama_cpp import require_batch_invariant_build as r; r()"
 	touch $@
 

@@ -3,7 +3,9 @@ The server's own modules load only when it runs, so other commands start without
 
 from __future__ import annotations
 
-from typing import Annotated
+import os
+from dataclasses import replace
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -26,6 +28,9 @@ from adaspec.cli_options import (
     Threads,
 )
 from adaspec.drafters.options import DEFAULT_OPTIONS
+
+if TYPE_CHECKING:
+    from adaspec.server.settings import ServerSettings
 
 err = Console(stderr=True)
 
@@ -61,6 +66,23 @@ def serve(
     context: Context = None,
     suffix_cache_tokens: SuffixCacheTokens = DEFAULT_OPTIONS.suffix_cache_tokens,
     draft_window: DraftWindow = DEFAULT_OPTIONS.draft_window,
+    replicas: Annotated[
+        int,
+        typer.Option(
+            help="Replicas of the model on Ray Serve, each with its own slots; requests go "
+            "to the less busy (needs the [cluster] extra; docs/serving.md)."
+        ),
+    ] = 1,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="Join this Ray cluster (`ray start --head` prints it); else a local one."
+        ),
+    ] = None,
+    min_replicas: Annotated[
+        int | None, typer.Option(help="Autoscale between this and --max-replicas on load.")
+    ] = None,
+    max_replicas: Annotated[int | None, typer.Option(help="See --min-replicas.")] = None,
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API until SIGTERM or Ctrl-C."""
     from adaspec.server.launch import bind, load_engine
@@ -95,6 +117,9 @@ def serve(
         drafter=drafter,
         policy=policy,
     )
+    if replicas > 1 or address or min_replicas is not None or max_replicas is not None:
+        serve_cluster(spec, settings, replicas, address, min_replicas, max_replicas)
+        return
     sock = bind(host, port)  # a port in use fails now, not after the load
     thread = ModelThread()
     with err.status(f"loading {target}" + (f" and {draft}" if draft else "")):
@@ -106,4 +131,36 @@ def serve(
         announce=lambda url: typer.echo(f"adaspec: serving {target} at {url}/v1"),
         sock=sock,
         thread=thread,
+    )
+
+
+def serve_cluster(
+    spec: EngineSpec,
+    settings: ServerSettings,
+    replicas: int,
+    address: str | None,
+    min_replicas: int | None,
+    max_replicas: int | None,
+) -> None:
+    from adaspec.server.cluster import ClusterSettings, require_ray, serve_replicas
+
+    gpu = (spec.device or "").startswith("cuda")
+    if spec.threads is None and address is None and not gpu:  # this machine's cores, shared
+        spec = replace(spec, threads=max(1, (os.cpu_count() or 1) // (max_replicas or replicas)))
+    cluster = ClusterSettings(
+        replicas=replicas,
+        address=address,
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+        cpus_per_replica=float(spec.threads or 1),
+        gpus_per_replica=1.0 if gpu else 0.0,
+    )
+    require_ray()
+    where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
+    err.print(f"starting {replicas} replicas of {spec.target} on {where}", highlight=False)
+    serve_replicas(
+        spec,
+        settings,
+        cluster,
+        announce=lambda url: typer.echo(f"adaspec: serving {spec.target} at {url}/v1"),
     )

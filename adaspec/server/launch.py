@@ -77,7 +77,7 @@ def serve(
         target=_announce_when_ready, args=(server, state, lambda: announce(url)), daemon=True
     )
     watcher.start()
-    with _signals_end_quietly():
+    with signals_end_quietly():
         server.run(sockets=[sock])
     if state.status == "error":
         raise ModelError(f"the server stopped: its warm-up failed: {state.problem}")
@@ -97,7 +97,7 @@ def _announce_when_ready(
 
 
 @contextlib.contextmanager
-def _signals_end_quietly() -> Iterator[None]:
+def signals_end_quietly() -> Iterator[None]:
     """uvicorn handles SIGTERM and SIGINT (drain, then stop), then raises the signal again
     for whatever handler was there before it: a no-op, so the process exits 0."""
     caught = (signal.SIGTERM, signal.SIGINT)

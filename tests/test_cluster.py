@@ -1,0 +1,319 @@
+"""``adaspec serve --replicas N`` on Ray Serve: the gateway's rules on fake replicas (no Ray),
+then a real local cluster of two replicas of a tiny model, driven by the official client,
+with one replica killed by its pid mid-load. The real cluster's tests are marked
+``cluster``; they need the [cluster] extra and take about a minute."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from adaspec.api import load
+from adaspec.errors import ConfigError
+from adaspec.server.cluster import ClusterSettings
+from adaspec.server.cluster_gateway import Forwarded, Replicas, create_gateway, merge_metrics
+from adaspec.server.metrics import Metrics
+from adaspec.stats import GenerationStats
+from tests.tiny import make_tokenizer, tiny_model
+
+
+class Lost(Exception):
+    """What a fake cluster raises for a replica that died."""
+
+
+def fake_replicas(answers: list[list], ready: int = 2) -> Replicas:
+    """Each call takes the next script: its parts in order; an exception part is raised."""
+    calls = iter(answers)
+
+    async def forward(request: Forwarded) -> AsyncIterator[dict]:
+        for part in next(calls):
+            if isinstance(part, Exception):
+                raise part
+            yield part
+
+    async def count() -> int:
+        return ready
+
+    async def metrics() -> dict[str, str]:
+        return {}
+
+    return Replicas(forward, count, metrics, lambda e: isinstance(e, Lost), attempts=3)
+
+
+JSON = {"status": 200, "headers": [(b"content-type", b"application/json")]}
+SSE = {"status": 200, "headers": [(b"content-type", b"text/event-stream")]}
+
+
+def post(replicas: Replicas, body: dict) -> httpx.Response:
+    with TestClient(create_gateway(replicas)) as client:
+        return client.post("/v1/completions", json=body)
+
+
+def test_a_replica_lost_before_it_answered_costs_a_retry_only():
+    replicas = fake_replicas([[Lost()], [JSON, Lost()], [JSON, {"body": b'{"ok": 1}'}]])
+    answer = post(replicas, {"prompt": "x"})
+    assert answer.status_code == 200 and answer.json() == {"ok": 1}
+
+
+def test_no_replica_left_is_a_503_in_openais_shape():
+    answer = post(fake_replicas([[Lost()]] * 3), {"prompt": "x"})
+    assert answer.status_code == 503
+    assert answer.json()["error"]["code"] == "replica_lost"
+
+
+def test_a_stream_whose_replica_is_lost_ends_with_an_error_event():
+    script = [SSE, {"body": b'data: {"n": 1}\n\n'}, {"body": b'data: {"n": 2}\n\n'}, Lost()]
+    answer = post(fake_replicas([script]), {"prompt": "x", "stream": True})
+    events = [line for line in answer.text.splitlines() if line]
+    assert events[:2] == ['data: {"n": 1}', 'data: {"n": 2}'] and events[-1] == "data: [DONE]"
+    assert json.loads(events[2].removeprefix("data: "))["error"]["code"] == "replica_lost"
+
+
+def test_other_failures_are_not_retried():
+    with pytest.raises(ValueError):
+        post(fake_replicas([[ValueError("a bug")], [JSON, {"body": b"{}"}]]), {"prompt": "x"})
+
+
+def test_health_counts_ready_replicas():
+    with TestClient(create_gateway(fake_replicas([], ready=2))) as client:
+        assert client.get("/health").json() == {"status": "ok", "replicas": 2}
+    with TestClient(create_gateway(fake_replicas([], ready=0))) as client:
+        loading = client.get("/health")
+    assert loading.status_code == 503 and loading.json()["replicas"] == 0
+
+
+def test_metrics_of_replicas_are_one_text_labelled_by_replica():
+    texts = {}
+    for name, tokens in (("a", 3), ("b", 5)):
+        metrics = Metrics(busy=lambda: 0, queued=lambda: 0, slots=lambda: 1)
+        metrics.record(GenerationStats(prompt_tokens=2), 0, cancelled=False)
+        metrics.completion_tokens.inc(tokens)
+        texts[name] = metrics.exposition()[0].decode()
+    merged = text_string_to_metric_families(merge_metrics(texts))
+    samples = {(s.name, s.labels.get("replica")): s.value for f in merged for s in f.samples}
+    assert samples[("adaspec_completion_tokens_total", "a")] == 3
+    assert samples[("adaspec_completion_tokens_total", "b")] == 5
+    assert samples[("adaspec_replicas_reporting", None)] == 2
+
+
+@pytest.mark.parametrize(
+    ("options", "fragment"),
+    [
+        ({"replicas": 0}, "--replicas"),
+        ({"min_replicas": 1}, "both"),
+        ({"min_replicas": 3, "max_replicas": 2}, "at most"),
+    ],
+)
+def test_bad_cluster_settings(options, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        ClusterSettings(**options)
+
+
+def test_deployment_options():
+    fixed = ClusterSettings(replicas=2).deployment_options(parallel=4)
+    assert fixed["num_replicas"] == 2 and fixed["ray_actor_options"]["num_cpus"] == 1.0
+    scaled = ClusterSettings(replicas=1, min_replicas=1, max_replicas=3).deployment_options(4)
+    assert scaled["autoscaling_config"]["target_ongoing_requests"] == 4
+    assert "num_replicas" not in scaled
+
+
+def test_replicas_without_ray_say_what_to_install(monkeypatch, model_dir):
+    from typer.testing import CliRunner
+
+    from adaspec.cli import app
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails as if not installed
+    result = CliRunner().invoke(app, ["serve", "--target", str(model_dir), "--replicas", "2"])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "[cluster]" in lines[0], result.output
+
+
+# A real local cluster: two replicas of a model slow enough (about 10 ms a token) that a
+# request is still running when its replica is killed.
+PORT_WAIT_S = 240
+LONG = 500
+
+
+@pytest.fixture(scope="module")
+def slow_model(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("slow-model")
+    tokenizer = make_tokenizer(vocab_size=300)
+    model = tiny_model(vocab=len(tokenizer), hidden=256, layers=8)
+    model.config.max_position_embeddings = 1024
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process under ``pid``, by /proc's parent links."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(entry))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def replica_pids(under: int) -> list[int]:
+    pids = []
+    for pid in descendants(under):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"ServeReplica:adaspec" in command and b"handle_request" not in command:
+            pids.append(pid)
+    return sorted(pids)
+
+
+def alive(pids: set[int]) -> set[int]:
+    return {pid for pid in pids if Path(f"/proc/{pid}").exists()}
+
+
+class Cluster:
+    def __init__(self, process: subprocess.Popen, url: str) -> None:
+        self.process, self.url = process, url
+        self.seen: set[int] = set()
+
+    def client(self) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key="x", max_retries=0, timeout=60)
+
+    def health(self) -> dict:
+        return httpx.get(f"{self.url}/health", timeout=10).json()
+
+
+@pytest.fixture(scope="module")
+def cluster(slow_model) -> Iterator[Cluster]:
+    """``adaspec serve --replicas 2`` as a user runs it; at the end SIGTERM, a clean exit,
+    and none of the processes it started (Ray's included) left."""
+    pytest.importorskip("ray.serve", reason="the [cluster] extra is not installed")
+    port = free_port()
+    command = [str(Path(sys.executable).parent / "adaspec"), "serve", "--target", str(slow_model)]
+    command += ["--backend", "torch", "--drafter", "ngram", "--policy", "fixed", "--k", "3"]
+    command += ["--replicas", "2", "--threads", "1", "--port", str(port)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    running = Cluster(process, f"http://127.0.0.1:{port}")
+    ready = threading.Event()
+    threading.Thread(target=lambda: (process.stdout.readline(), ready.set()), daemon=True).start()
+    try:
+        assert ready.wait(PORT_WAIT_S), "the cluster did not start"
+        assert process.poll() is None, process.stderr.read()
+        running.seen = descendants(process.pid)
+        yield running
+    finally:
+        started = descendants(process.pid) | running.seen
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(120)
+        finally:
+            if process.poll() is None:
+                process.kill()
+        time.sleep(1.0)
+        left = alive(started)
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        assert not left, f"processes left behind: {sorted(left)}"
+        assert process.returncode == 0, process.stderr.read()[-2000:]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+PROMPTS = ["def reverse(head):", "The quick brown fox", "Summarize the following", "models run"]
+
+
+@pytest.mark.cluster
+def test_the_openai_client_gets_greedy_answers_through_the_cluster(cluster, slow_model):
+    assert cluster.health() == {"status": "ok", "replicas": 2}
+    reference = load(str(slow_model), backend="torch", drafter="none")
+    answers = [
+        cluster.client().completions.create(model=slow_model.name, prompt=p, max_tokens=24)
+        for p in PROMPTS
+    ]
+    expected = [reference.generate(p, max_new_tokens=24).text for p in PROMPTS]
+    assert [a.choices[0].text for a in answers] == expected
+    chunks = cluster.client().chat.completions.create(
+        model=slow_model.name,
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=8,
+        stream=True,
+    )
+    assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content is not None) > 0
+    metrics = httpx.get(f"{cluster.url}/metrics").text
+    assert "adaspec_replicas_reporting" in metrics and 'replica="' in metrics
+
+
+@pytest.mark.cluster
+def test_a_killed_replica_costs_only_its_requests(cluster, slow_model):
+    body = {"model": slow_model.name, "max_tokens": LONG, "stream": True}
+    outcomes: dict[int, tuple] = {}
+
+    def stream(i: int) -> None:
+        try:
+            with httpx.stream(
+                "POST",
+                f"{cluster.url}/v1/completions",
+                json=body | {"prompt": f"request {i}"},
+                timeout=60,
+            ) as response:
+                lines = [line for line in response.iter_lines() if line.startswith("data: ")]
+            outcomes[i] = (response.status_code, lines)
+        except Exception as error:
+            outcomes[i] = ("exception", repr(error))
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(2.0)
+    victims = replica_pids(cluster.process.pid)
+    assert len(victims) == 2, victims
+    os.kill(victims[0], signal.SIGKILL)
+    for thread in threads:
+        thread.join(90)
+    assert all(not thread.is_alive() for thread in threads), "a client hung"
+    ended = {"done": 0, "lost": 0}
+    for status, lines in outcomes.values():
+        assert status == 200 and lines[-1] == "data: [DONE]", (status, lines[-3:])
+        last = json.loads(lines[-2].removeprefix("data: "))
+        if "error" in last:
+            assert last["error"]["code"] == "replica_lost"
+            ended["lost"] += 1
+        else:
+            ended["done"] += 1
+    assert ended["done"] >= 1, outcomes  # the other replica's requests finished
+    after = cluster.client().completions.create(model=slow_model.name, prompt="x", max_tokens=4)
+    assert after.choices[0].text is not None
+    deadline = time.monotonic() + 60
+    while cluster.health().get("replicas") != 2:
+        assert time.monotonic() < deadline, "the lost replica was not replaced"
+        time.sleep(1)
+    cluster.seen |= descendants(cluster.process.pid)
