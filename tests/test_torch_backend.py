@@ -121,3 +121,21 @@ def test_slots_scored_together_equal_each_slot_alone():
         apart[slot].commit(path)
         got, want = cache_tensors(together.slot(slot)), cache_tensors(apart[slot])
         assert all(torch.allclose(g, w, atol=1e-10) for g, w in zip(got, want, strict=True))
+
+
+def test_masked_forwards_read_grouped_heads_in_place_with_sdpas_results():
+    """On a CPU the backend attends through gqa_sdpa (no copy of each key and value head
+    group under a mask); a tree forward's rows are sdpa's."""
+    from adaspec.backends.gqa_attention import NAME
+    from adaspec.tree import ROOT
+
+    text, tokens, parents = [5, 17, 42, 8, 3], [11, 12, 13, 14], (ROOT, 0, 0, 1)
+    b = backend(tiny_model(seed=0))
+    assert b.model.config._attn_implementation == NAME
+    assert b.model.config.num_key_value_heads < b.model.config.num_attention_heads
+    b.prefill(text)
+    ours = b.forward(tokens, parents)
+    b.rollback(len(text))
+    b.model.set_attn_implementation("sdpa")
+    theirs = b.forward(tokens, parents)
+    assert torch.allclose(ours, theirs, atol=1e-6)

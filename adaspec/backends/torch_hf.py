@@ -23,6 +23,7 @@ from transformers.utils import logging as hf_logging
 from adaspec.backends.base import BACKENDS, SlotRows
 from adaspec.backends.context import context_size
 from adaspec.backends.early_exit import ExitRun, decoder_parts, exit_run
+from adaspec.backends.gqa_attention import use_gqa_sdpa
 from adaspec.backends.layout_timing import place_weights
 from adaspec.errors import ModelError
 from adaspec.models import cache_dir, check_gguf_file
@@ -75,6 +76,7 @@ class TorchBackend:
         slots: int = 1,
     ) -> None:
         self.model = model.eval()
+        use_gqa_sdpa(model)
         self.max_context: int | None = None  # --context, below the model's own
         self.tokenizer = tokenizer
         self.label = label
