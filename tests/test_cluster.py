@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from adaspec.api import load
 from adaspec.errors import ConfigError
+from adaspec.server.affinity import conversation_keys, home_is_free
 from adaspec.server.cluster import ClusterSettings
 from adaspec.server.cluster_gateway import Forwarded, Replicas, create_gateway, merge_metrics
 from adaspec.server.metrics import Metrics
@@ -115,6 +116,7 @@ def test_metrics_of_replicas_are_one_text_labelled_by_replica():
         ({"replicas": 0}, "--replicas"),
         ({"min_replicas": 1}, "both"),
         ({"min_replicas": 3, "max_replicas": 2}, "at most"),
+        ({"routing": "random"}, "--routing"),
     ],
 )
 def test_bad_cluster_settings(options, fragment):
@@ -123,9 +125,10 @@ def test_bad_cluster_settings(options, fragment):
 
 
 def test_deployment_options():
-    fixed = ClusterSettings(replicas=2).deployment_options(parallel=4)
+    fixed = ClusterSettings(replicas=2, routing="load").deployment_options(parallel=4)
+    assert "request_router_config" not in fixed
     assert fixed["num_replicas"] == 2 and fixed["ray_actor_options"]["num_cpus"] == 1.0
-    scaled = ClusterSettings(replicas=1, min_replicas=1, max_replicas=3).deployment_options(4)
+    scaled = ClusterSettings(min_replicas=1, max_replicas=3).deployment_options(4)
     assert scaled["autoscaling_config"]["target_ongoing_requests"] == 4
     assert "num_replicas" not in scaled
 
@@ -317,3 +320,31 @@ def test_a_killed_replica_costs_only_its_requests(cluster, slow_model):
         assert time.monotonic() < deadline, "the lost replica was not replaced"
         time.sleep(1)
     cluster.seen |= descendants(cluster.process.pid)
+
+
+def chat(*messages: str) -> Forwarded:
+    turns = [{"role": ("user", "assistant")[i % 2], "content": m} for i, m in enumerate(messages)]
+    body = json.dumps({"model": "m", "messages": turns}).encode()
+    return Forwarded("POST", "/v1/chat/completions", "", [], body)
+
+
+def test_a_turn_continues_the_conversation_of_its_messages_less_the_last_two():
+    first = conversation_keys(chat("hi"))
+    second = conversation_keys(chat("hi", "hello", "and then?"))
+    third = conversation_keys(chat("hi", "hello", "and then?", "then this", "ok"))
+    assert first[0] is None and second[0] == first[1] and third[0] == second[1]
+    assert conversation_keys(chat("other", "x", "y"))[0] != first[1]
+    completion = Forwarded("POST", "/v1/completions", "", [], b'{"prompt": "hi"}')
+    assert conversation_keys(completion) == (None, None)
+    assert conversation_keys(Forwarded("POST", "/v1/chat/completions", "", [], b"{")) == (
+        None,
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("home", "others", "free"),
+    [(None, [0, 1], True), (2, [0, 2], True), (3, [0, 3], False), (5, [None, None], True)],
+)
+def test_a_conversations_replica_takes_its_turn_unless_busier_than_the_slack(home, others, free):
+    assert home_is_free(home, others, slack=2) is free

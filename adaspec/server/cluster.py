@@ -26,6 +26,9 @@ from adaspec.server.settings import ServerSettings
 APP_NAME = "adaspec"
 DEPLOYMENT = "adaspec"
 INSTALL = 'pip install -e ".[cluster]" (or pip install "ray[serve]")'
+# conversation: a chat's next turn to the replica of its last (cluster_routing.py), unless
+# busy; load: Ray Serve's power of two choices alone.
+ROUTINGS = ("conversation", "load")
 
 
 @dataclass(frozen=True)
@@ -38,8 +41,16 @@ class ClusterSettings:
     max_replicas: int | None = None
     cpus_per_replica: float = 1.0
     gpus_per_replica: float = 0.0
+    routing: str = "conversation"  # or "load": power of two choices alone
 
     def __post_init__(self) -> None:
+        if self.routing not in ROUTINGS:
+            raise ConfigError(
+                f"--routing must be one of {', '.join(ROUTINGS)}, got {self.routing!r}"
+            )
+        self._check_counts()
+
+    def _check_counts(self) -> None:
         if self.replicas < 1:
             raise ConfigError(f"--replicas must be at least 1, got {self.replicas}")
         low, high = self.min_replicas, self.max_replicas
@@ -58,6 +69,14 @@ class ClusterSettings:
             "health_check_period_s": 2.0,
             "graceful_shutdown_timeout_s": 60.0,
         }
+        if self.routing == "conversation":
+            from ray.serve.config import RequestRouterConfig
+
+            from adaspec.server.cluster_routing import ConversationRouter
+
+            options["request_router_config"] = RequestRouterConfig(
+                request_router_class=ConversationRouter
+            )
         if self.min_replicas is None:
             return options | {"num_replicas": self.replicas}
         autoscaling = {

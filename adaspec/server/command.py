@@ -83,6 +83,13 @@ def serve(
         int | None, typer.Option(help="Autoscale between this and --max-replicas on load.")
     ] = None,
     max_replicas: Annotated[int | None, typer.Option(help="See --min-replicas.")] = None,
+    routing: Annotated[
+        str,
+        typer.Option(
+            help="With replicas: conversation (a chat's next turn to its last replica, "
+            "unless busy) | load (the less busy of two)."
+        ),
+    ] = "conversation",
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API until SIGTERM or Ctrl-C."""
     from adaspec.server.launch import bind, load_engine
@@ -118,7 +125,8 @@ def serve(
         policy=policy,
     )
     if replicas > 1 or address or min_replicas is not None or max_replicas is not None:
-        serve_cluster(spec, settings, replicas, address, min_replicas, max_replicas)
+        bounds = (min_replicas, max_replicas)
+        serve_cluster(spec, settings, replicas, address, bounds, routing)
         return
     sock = bind(host, port)  # a port in use fails now, not after the load
     thread = ModelThread()
@@ -139,19 +147,20 @@ def serve_cluster(
     settings: ServerSettings,
     replicas: int,
     address: str | None,
-    min_replicas: int | None,
-    max_replicas: int | None,
+    bounds: tuple[int | None, int | None],
+    routing: str,
 ) -> None:
     from adaspec.server.cluster import ClusterSettings, require_ray, serve_replicas
 
     gpu = (spec.device or "").startswith("cuda")
     if spec.threads is None and address is None and not gpu:  # this machine's cores, shared
-        spec = replace(spec, threads=max(1, (os.cpu_count() or 1) // (max_replicas or replicas)))
+        spec = replace(spec, threads=max(1, (os.cpu_count() or 1) // (bounds[1] or replicas)))
     cluster = ClusterSettings(
         replicas=replicas,
         address=address,
-        min_replicas=min_replicas,
-        max_replicas=max_replicas,
+        min_replicas=bounds[0],
+        max_replicas=bounds[1],
+        routing=routing,
         cpus_per_replica=float(spec.threads or 1),
         gpus_per_replica=1.0 if gpu else 0.0,
     )
