@@ -387,6 +387,13 @@ def bench_serve(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("bench-serve-out"),
     warmup: Annotated[int, typer.Option(help="Unmeasured requests per server first.")] = 1,
     timeout: Annotated[float, typer.Option(help="Seconds one request may take.")] = 300.0,
+    turns: Annotated[
+        int,
+        typer.Option(
+            help="Each client's requests as conversations of this many turns, each sent "
+            "with the questions and answers before it (a chat's history)."
+        ),
+    ] = 1,
 ) -> None:
     """Load OpenAI-compatible servers with concurrent streamed chats, level by level:
     tokens/s, requests/s, time to first token and inter-token latency, side by side."""
@@ -407,6 +414,7 @@ def bench_serve(
         warmup=warmup,
         timeout=timeout,
         out=out,
+        turns=turns,
     )
     with progress(err, options.total_requests()) as on_tick:
         outcome = run_serve_bench(options, on_tick)

@@ -156,6 +156,29 @@ def test_levels_against_adaspec_serve_and_a_peer_without_usage(adaspec_url, ques
     check_outputs(tmp_path, [adaspec_url, stub_url])
 
 
+def test_turns_make_each_clients_requests_conversations(adaspec_url, questions, tmp_path):
+    """Turn 2 of a conversation is sent with turn 1's question and answer before it; the
+    report adds later turns' TTFT and the share of prompt tokens the server had cached."""
+    options = ServeBenchOptions(
+        urls=(adaspec_url,),
+        concurrency=(1,),
+        per_client=4,
+        questions=questions,
+        max_tokens=6,
+        api_key=KEY,
+        out=tmp_path,
+        turns=2,
+    )
+    level = run_serve_bench(options, quiet).levels[options.server_labels()[0]][0]
+    records = level.records
+    assert [r.turn for r in records] == [1, 2, 1, 2]
+    for first, second in (records[:2], records[2:]):
+        assert second.prompt_tokens > first.prompt_tokens + first.output_tokens
+    assert all(r.cached_tokens is not None for r in records)
+    assert level.later_ttft_p50_s is not None and level.cached_share is not None
+    assert "later turns' TTFT p50 ms" in (tmp_path / "report.md").read_text()
+
+
 def check_usage_is_the_servers(url: str, levels, questions: Path) -> None:
     """The tokens counted are the server's: the same greedy answer, asked without a stream,
     reports the same completion_tokens, at every level."""
@@ -325,6 +348,7 @@ def test_cli_wrong_key_is_one_line(adaspec_url):
         (["--max-tokens", "0"], ["--max-tokens"]),
         (["--per-client", "0"], ["--per-client"]),
         (["--timeout", "0"], ["--timeout"]),
+        (["--turns", "0"], ["--turns"]),
         (["--questions", "/nonexistent.jsonl"], ["not found"]),
     ],
 )

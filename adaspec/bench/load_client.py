@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from itertools import pairwise
 from urllib.parse import urlsplit
 
@@ -44,6 +45,9 @@ class RequestRecord:
     content_chunks: int = 0
     finish_reason: str | None = None
     itl_s: tuple[float, ...] = ()  # [content_chunks - 1] per-token gaps
+    turn: int = 1  # its place in a conversation (--turns); 1: a fresh one
+    prompt_tokens: int | None = None  # the server's count (None: no usage sent)
+    cached_tokens: int | None = None  # of those, what it had cached (None: not said)
 
 
 def base_url(url: str) -> str:
@@ -86,34 +90,45 @@ def itl_gaps(arrivals: list[float], tokens: int, from_usage: bool) -> list[float
     return [gap / per_chunk for gap in gaps]
 
 
+@dataclass
+class Streamed:
+    """What one streamed answer brought: when each chunk with text came, the text, and the
+    server's usage where it sent one."""
+
+    arrivals: list[float] = field(default_factory=list)
+    text: list[str] = field(default_factory=list)
+    usage: int | None = None  # completion tokens
+    prompt: int | None = None
+    cached: int | None = None  # prompt tokens the server had cached
+    finish: str | None = None
+
+
 async def stream_chat(
-    client: openai.AsyncOpenAI,
-    model: str,
-    prompt: str,
-    max_tokens: int,
-) -> tuple[list[float], int | None, str | None]:
-    """Send one greedy streamed chat request; return the arrival time of each chunk with text,
-    the server's completion token count (None where it sends no usage) and the finish_reason."""
+    client: openai.AsyncOpenAI, model: str, messages: Sequence[dict[str, str]], max_tokens: int
+) -> Streamed:
+    """Send one greedy streamed chat request and read its answer."""
     stream = await client.chat.completions.create(
         model=model,
-        messages=[{"role": "user", "content": prompt}],
+        messages=list(messages),
         max_tokens=max_tokens,
         temperature=0.0,
         stream=True,
         stream_options={"include_usage": True},
     )
-    arrivals: list[float] = []
-    usage: int | None = None
-    finish: str | None = None
+    got = Streamed()
     async with stream:
         async for chunk in stream:
             if chunk.usage is not None:
-                usage = chunk.usage.completion_tokens
+                got.usage = chunk.usage.completion_tokens
+                got.prompt = chunk.usage.prompt_tokens
+                details = chunk.usage.prompt_tokens_details
+                got.cached = None if details is None else details.cached_tokens
             for choice in chunk.choices:
                 if choice.delta is not None and choice.delta.content:
-                    arrivals.append(time.perf_counter())
-                finish = choice.finish_reason or finish
-    return arrivals, usage, finish
+                    got.arrivals.append(time.perf_counter())
+                    got.text.append(choice.delta.content)
+                got.finish = choice.finish_reason or got.finish
+    return got
 
 
 async def measure(
@@ -124,15 +139,17 @@ async def measure(
     max_tokens: int,
     timeout: float,
     level_start: float,
+    history: list[dict[str, str]] | None = None,
 ) -> RequestRecord:
-    """One request within ``timeout`` seconds, as a record; a failure is kept, not raised."""
+    """One request within ``timeout`` seconds, as a record; a failure is kept, not raised.
+    ``history``: the conversation so far, sent before the question; the question and its
+    answer are appended to it."""
     sent = time.perf_counter()
     head = {"index": index, "question_id": question.question_id, "category": question.category}
-    head["start_s"] = sent - level_start
+    head |= {"start_s": sent - level_start, "turn": 1 + len(history or []) // 2}
+    messages = [*(history or []), {"role": "user", "content": question.prompt}]
     try:
-        arrivals, usage, finish = await asyncio.wait_for(
-            stream_chat(client, model, question.prompt, max_tokens), timeout
-        )
+        got = await asyncio.wait_for(stream_chat(client, model, messages, max_tokens), timeout)
     except TimeoutError:
         error = f"no complete answer within --timeout {timeout:g} s"
     except (openai.OpenAIError, httpx.HTTPError, ValueError) as e:  # ValueError: a bad chunk
@@ -142,16 +159,21 @@ async def measure(
     if error is not None:
         return RequestRecord(**head, latency_s=time.perf_counter() - sent, ok=False, error=error)
     latency = time.perf_counter() - sent
+    if history is not None:
+        history += [messages[-1], {"role": "assistant", "content": "".join(got.text)}]
+    arrivals, usage = got.arrivals, got.usage
     tokens = usage if usage is not None else len(arrivals)
     return RequestRecord(
         **head,
         latency_s=latency,
-        ok=finish is not None,
-        error=None if finish is not None else NO_FINISH,
+        ok=got.finish is not None,
+        error=None if got.finish is not None else NO_FINISH,
         ttft_s=arrivals[0] - sent if arrivals else None,
         output_tokens=tokens,
         tokens_from_usage=usage is not None,
         content_chunks=len(arrivals),
-        finish_reason=finish,
+        finish_reason=got.finish,
         itl_s=tuple(itl_gaps(arrivals, tokens, usage is not None)),
+        prompt_tokens=got.prompt,
+        cached_tokens=got.cached,
     )

@@ -46,6 +46,7 @@ class ServeBenchOptions:
     warmup: int = 1  # unmeasured requests per server before its first level
     timeout: float = 300.0  # seconds a request may take, stream included
     out: Path = Path("bench-serve-out")
+    turns: int = 1  # each client's requests as conversations of this many turns
 
     def __post_init__(self) -> None:
         if not self.urls:
@@ -63,10 +64,10 @@ class ServeBenchOptions:
                 f"--requests {self.requests} is below --concurrency {max(self.concurrency)}: "
                 "some clients would send nothing"
             )
-        if self.max_tokens < 1 or self.warmup < 0 or self.timeout <= 0 or self.per_client < 1:
-            raise ConfigError(
-                "--max-tokens and --per-client must be >= 1, --warmup >= 0 and --timeout > 0"
-            )
+        if min(self.max_tokens, self.per_client, self.turns) < 1 or self.warmup < 0:
+            raise ConfigError("--max-tokens, --per-client and --turns must be >= 1, --warmup >= 0")
+        if self.timeout <= 0:
+            raise ConfigError("--timeout must be above 0 seconds")
 
     def server_labels(self) -> list[str]:
         return list(self.labels) or [urlsplit(base_url(u)).netloc for u in self.urls]
@@ -136,15 +137,27 @@ async def run_level(
     options: ServeBenchOptions,
     on_request: Callable[[], None],
 ) -> Level:
-    """``concurrency`` clients in a closed loop over ``prompts``, then the level's numbers."""
+    """``concurrency`` clients in a closed loop over ``prompts``, then the level's numbers.
+    With ``turns`` > 1 each client's requests form conversations: a question follows the
+    client's earlier ones and their answers, for ``turns`` turns, then a new one begins."""
     queue = iter(enumerate(prompts))  # shared: each client takes the next prompt
     records: list[RequestRecord] = []
     start = time.perf_counter()
 
     async def one_client() -> None:
+        history: list[dict[str, str]] = []
         for index, question in queue:
+            if len(history) >= 2 * options.turns:
+                history = []
             record = await measure(
-                client, server.model, index, question, options.max_tokens, options.timeout, start
+                client,
+                server.model,
+                index,
+                question,
+                options.max_tokens,
+                options.timeout,
+                start,
+                history if options.turns > 1 else None,
             )
             records.append(record)
             on_request()
@@ -211,6 +224,7 @@ def meta(options: ServeBenchOptions, servers: Sequence[Server]) -> dict:
         "requests_per_level": {c: options.level_requests(c) for c in options.concurrency},
         "max_tokens": options.max_tokens,
         "warmup": options.warmup,
+        "turns": options.turns,
         "timeout_s": options.timeout,
         "questions": str(options.questions),
         "machine": {

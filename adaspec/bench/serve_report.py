@@ -44,6 +44,8 @@ class Level:
     itl_p50_s: float | None  # per token, pooled over every request's gaps
     itl_p95_s: float | None
     tokens_from_chunks: bool  # some request's tokens were counted from chunks (no usage)
+    later_ttft_p50_s: float | None  # over requests after a conversation's first turn
+    cached_share: float | None  # prompt tokens the servers had cached, of those they said
     errors: dict[str, int]  # error -> how many requests ended with it
     records: list[RequestRecord]
 
@@ -71,13 +73,25 @@ def summarize(concurrency: int, records: Sequence[RequestRecord]) -> Level:
         itl_p50_s=percentile(itl, 50),
         itl_p95_s=percentile(itl, 95),
         tokens_from_chunks=any(not r.tokens_from_usage for r in good),
+        later_ttft_p50_s=percentile([r.ttft_s for r in good if r.turn > 1 and r.ttft_s], 50),
+        cached_share=cached_share(good),
         errors=dict(Counter(r.error for r in records if r.error is not None)),
         records=list(records),
     )
 
 
+def cached_share(records: Sequence[RequestRecord]) -> float | None:
+    said = [r for r in records if r.prompt_tokens and r.cached_tokens is not None]
+    prompt = sum(r.prompt_tokens or 0 for r in said)
+    return sum(r.cached_tokens or 0 for r in said) / prompt if prompt else None
+
+
 def clients(n: int, noun: str = "client") -> str:
     return f"{n} {noun}{'s' * (n != 1)}"
+
+
+def _share(share: float | None) -> str:
+    return "–" if share is None else f"{share:.0%}"
 
 
 def _ms(seconds: float | None) -> str:
@@ -98,10 +112,12 @@ def markdown(meta: dict, levels: dict[str, list[Level]]) -> str:
     for i, concurrency in enumerate(meta["concurrency"]):
         first = levels[labels[0]][i].tokens_per_s
         lines += ["", f"## {clients(concurrency, 'concurrent client')}", ""]
+        turns = meta.get("turns", 1) > 1
         lines += [
             f"| server | tokens/s | × {labels[0]} | requests/s | TTFT p50 ms | TTFT p95 ms "
-            "| ITL p50 ms | ITL p95 ms | output tokens | requests | failed |",
-            "|---|" + "---:|" * 10,
+            "| ITL p50 ms | ITL p95 ms | output tokens | requests | failed |"
+            + (" later turns' TTFT p50 ms | prompt cached |" if turns else ""),
+            "|---|" + "---:|" * (12 if turns else 10),
         ]
         for label in labels:
             level = levels[label][i]
@@ -113,6 +129,11 @@ def markdown(meta: dict, levels: dict[str, list[Level]]) -> str:
                 f"{level.requests_per_s:.3f} | {_ms(level.ttft_p50_s)} | {_ms(level.ttft_p95_s)} "
                 f"| {_ms(level.itl_p50_s)} | {_ms(level.itl_p95_s)} | {level.output_tokens} | "
                 f"{level.requests} | {level.failed} |"
+                + (
+                    f" {_ms(level.later_ttft_p50_s)} | {_share(level.cached_share)} |"
+                    if turns
+                    else ""
+                )
             )
     lines += ["", *([CHUNKS_NOTE, ""] if marked else []), *failures(levels)]
     return "\n".join(lines).rstrip() + "\n"
