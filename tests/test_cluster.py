@@ -5,6 +5,7 @@ with one replica killed by its pid mid-load. The real cluster's tests are marked
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -23,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from adaspec.api import load
 from adaspec.errors import ConfigError
+from adaspec.models import DEFAULT_DRAFT, DEFAULT_TARGET, NAMED_MODELS, model_path
 from adaspec.server.affinity import conversation_keys, home_is_free
 from adaspec.server.cluster import ClusterSettings
 from adaspec.server.cluster_gateway import Forwarded, Replicas, create_gateway, merge_metrics
@@ -209,15 +212,13 @@ class Cluster:
         return httpx.get(f"{self.url}/health", timeout=10).json()
 
 
-@pytest.fixture(scope="module")
-def cluster(slow_model) -> Iterator[Cluster]:
-    """``adaspec serve --replicas 2`` as a user runs it; at the end SIGTERM, a clean exit,
-    and none of the processes it started (Ray's included) left."""
-    pytest.importorskip("ray.serve", reason="the [cluster] extra is not installed")
+@contextmanager
+def serving_replicas(*args: str) -> Iterator[Cluster]:
+    """``adaspec serve --replicas 2 ARGS`` as a user runs it; at the end SIGTERM, a clean
+    exit, and none of the processes it started (Ray's included) left."""
     port = free_port()
-    command = [str(Path(sys.executable).parent / "adaspec"), "serve", "--target", str(slow_model)]
-    command += ["--backend", "torch", "--drafter", "ngram", "--policy", "fixed", "--k", "3"]
-    command += ["--replicas", "2", "--threads", "1", "--port", str(port)]
+    command = [str(Path(sys.executable).parent / "adaspec"), "serve", "--replicas", "2"]
+    command += ["--threads", "1", "--port", str(port), *args]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     running = Cluster(process, f"http://127.0.0.1:{port}")
     ready = threading.Event()
@@ -241,6 +242,14 @@ def cluster(slow_model) -> Iterator[Cluster]:
             os.kill(pid, signal.SIGKILL)
         assert not left, f"processes left behind: {sorted(left)}"
         assert process.returncode == 0, process.stderr.read()[-2000:]
+
+
+@pytest.fixture(scope="module")
+def cluster(slow_model) -> Iterator[Cluster]:
+    pytest.importorskip("ray.serve", reason="the [cluster] extra is not installed")
+    options = ["--target", str(slow_model), "--backend", "torch"]
+    with serving_replicas(*options, "--drafter", "ngram", "--policy", "fixed", "--k", "3") as c:
+        yield c
 
 
 def free_port() -> int:
@@ -348,3 +357,53 @@ def test_a_turn_continues_the_conversation_of_its_messages_less_the_last_two():
 )
 def test_a_conversations_replica_takes_its_turn_unless_busier_than_the_slack(home, others, free):
     assert home_is_free(home, others, slack=2) is free
+
+
+@pytest.mark.integration
+def test_the_default_pair_on_two_replicas_answers_as_plain_decoding():
+    """Two replicas of the default pair (llama.cpp, auto:goodput, a thread each) through
+    the openai client: chat answers equal plain decoding's, whichever replica answers."""
+    pytest.importorskip("ray.serve", reason="the [cluster] extra is not installed")
+    if not model_path(NAMED_MODELS[DEFAULT_DRAFT]).is_file():
+        pytest.skip("the default pair is not pulled; run `adaspec models pull`")
+    prompts = ["Reverse a list in Python.", "What is a hash map?", "Write fizzbuzz in Python."]
+    reference = load(DEFAULT_TARGET, drafter="none", threads=1, context=2048)
+    expected = [reference.generate(p, chat=True, max_new_tokens=32).text for p in prompts]
+    del reference
+    with serving_replicas("--context", "2048") as running:
+        assert running.health() == {"status": "ok", "replicas": 2}
+        answers = [
+            running.client().chat.completions.create(
+                model=DEFAULT_TARGET,
+                messages=[{"role": "user", "content": p}],
+                max_tokens=32,
+                temperature=0,
+            )
+            for p in prompts
+        ]
+    assert [a.choices[0].message.content for a in answers] == expected
+
+
+def test_a_client_that_leaves_before_the_answer_cancels_it():
+    from adaspec.server.cluster_gateway import unless_gone
+
+    cancelled = []
+
+    class Left:
+        async def is_disconnected(self) -> bool:
+            return True
+
+    async def answering():
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    async def run():
+        response = await unless_gone(answering(), Left())
+        await asyncio.sleep(0.01)  # the cancelled answer unwinds
+        return response
+
+    response = asyncio.run(run())
+    assert response.status_code == 499 and cancelled == [True]

@@ -13,6 +13,7 @@ No Ray here: cluster.py supplies the calls, tests supply fakes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,6 +25,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client.parser import text_string_to_metric_families
 
 from adaspec.server.errors import APIError
+from adaspec.server.routes import CLIENT_GONE, DISCONNECT_POLL_S
 
 log = logging.getLogger("adaspec.server")
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"]
@@ -80,9 +82,20 @@ def create_gateway(replicas: Replicas) -> FastAPI:
         forwarded = Forwarded(
             request.method, request.url.path, request.url.query, request.headers.raw, body
         )
-        return await answer(replicas, forwarded)
+        return await unless_gone(answer(replicas, forwarded), request)
 
     return app
+
+
+async def unless_gone(answering: Awaitable[Response], request: Request) -> Response:
+    """The answer, unless the client leaves before it begins: then the request is
+    cancelled on its replica (the lone server's rule for a whole answer, routes.py)."""
+    task = asyncio.ensure_future(answering)
+    while not (await asyncio.wait({task}, timeout=DISCONNECT_POLL_S))[0]:
+        if await request.is_disconnected():
+            task.cancel()
+            return CLIENT_GONE.response()
+    return task.result()
 
 
 async def answer(replicas: Replicas, request: Forwarded) -> Response:
@@ -94,13 +107,17 @@ async def answer(replicas: Replicas, request: Forwarded) -> Response:
             start = await anext(parts)
             first = await anext(parts, {"body": b""})
         except Exception as error:
+            await close(parts)
             if not replicas.is_lost(error):
                 raise
             detail = type(error).__name__
             log.warning(
-                "%s %s: replica lost before it answered, retrying", request.method, request.path
+                "%s %s: replica lost before it answered; retrying", request.method, request.path
             )
             continue
+        except asyncio.CancelledError:
+            await close(parts)  # the client left: cancel the request on its replica
+            raise
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in start["headers"]}
         headers.pop("content-length", None)
         status = start["status"]
@@ -110,6 +127,13 @@ async def answer(replicas: Replicas, request: Forwarded) -> Response:
         rest = [first["body"]] + [part["body"] async for part in parts]
         return Response(b"".join(rest), status_code=status, headers=headers)
     return replica_lost(detail).response()
+
+
+async def close(parts: AsyncIterator[dict[str, Any]]) -> None:
+    aclose = getattr(parts, "aclose", None)
+    if aclose is not None:
+        with contextlib.suppress(Exception):
+            await asyncio.shield(aclose())
 
 
 async def relay_stream(
@@ -128,9 +152,7 @@ async def relay_stream(
         event = replica_lost(type(error).__name__).body()
         yield f"data: {json.dumps(event)}\n\ndata: [DONE]\n\n".encode()
     finally:
-        close = getattr(parts, "aclose", None)
-        if close is not None:
-            await asyncio.shield(close())
+        await close(parts)
 
 
 def merge_metrics(texts: dict[str, str]) -> str:
