@@ -209,7 +209,7 @@ class Cluster:
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key="x", max_retries=0, timeout=60)
 
     def health(self) -> dict:
-        return httpx.get(f"{self.url}/health", timeout=10).json()
+        return httpx.get(f"{self.url}/health", timeout=60).json()
 
 
 @contextmanager
@@ -280,7 +280,7 @@ def test_the_openai_client_gets_greedy_answers_through_the_cluster(cluster, slow
         stream=True,
     )
     assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content is not None) > 0
-    metrics = httpx.get(f"{cluster.url}/metrics").text
+    metrics = httpx.get(f"{cluster.url}/metrics", timeout=60).text
     assert "adaspec_replicas_reporting" in metrics and 'replica="' in metrics
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -175,6 +177,15 @@ def serve_replicas(
     with deployed(spec, settings, cluster) as replicas:
         config = uvicorn.Config(create_gateway(replicas), log_level="warning", access_log=False)
         server = uvicorn.Server(config)
-        announce(base_url(sock))
+        url = base_url(sock)
+        threading.Thread(target=announce_when_up, args=(server, url, announce), daemon=True).start()
         with signals_end_quietly():
             server.run(sockets=[sock])
+
+
+def announce_when_up(server: Any, url: str, announce: Callable[[str], None]) -> None:
+    """Once uvicorn listens (the socket refuses connections until then): announce."""
+    while not server.started and not server.should_exit:
+        time.sleep(0.02)
+    if server.started:
+        announce(url)
