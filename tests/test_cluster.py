@@ -280,6 +280,8 @@ def test_the_openai_client_gets_greedy_answers_through_the_cluster(cluster, slow
         stream=True,
     )
     assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content is not None) > 0
+    page = httpx.get(f"{cluster.url}/", timeout=60)
+    assert page.status_code == 200 and "<title>adaspec chat</title>" in page.text
     metrics = httpx.get(f"{cluster.url}/metrics", timeout=60).text
     assert "adaspec_replicas_reporting" in metrics and 'replica="' in metrics
 
