@@ -191,7 +191,7 @@ def replica_pids(under: int) -> list[int]:
             command = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        if b"ServeReplica:adaspec" in command and b"handle_request" not in command:
+        if command.startswith(b"ray::ServeReplica:adaspec"):  # its title, whatever it runs
             pids.append(pid)
     return sorted(pids)
 
