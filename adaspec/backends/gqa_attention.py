@@ -1,9 +1,9 @@
 """Attention over grouped-query heads without copying them, for masked forwards on a CPU.
 
 A verify, a tree or several slots' rows pass a 4-D mask; with one, transformers' ``sdpa``
-copies every key and value head group (``repeat_kv``) on a CPU before attending, a copy of
-the whole cache per layer per forward, which at long contexts costs more than the rows'
-matmuls (docs/benchmarks.md). SDPA's ``enable_gqa`` reads the shared heads in place.
+copies every key and value head group (``repeat_kv``) on a CPU before attending: a copy of
+the whole cache per layer per forward. SDPA's ``enable_gqa`` reads the shared heads in
+place (what it saves is not yet resolved from noise here: docs/benchmarks.md).
 Registered with transformers under NAME; anything it does not cover goes to ``sdpa``.
 """
 
