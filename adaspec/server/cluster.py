@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -184,8 +183,7 @@ def serve_replicas(
 
 
 def announce_when_up(server: Any, url: str, announce: Callable[[str], None]) -> None:
-    """Once uvicorn listens (the socket refuses connections until then): announce."""
-    while not server.started and not server.should_exit:
-        time.sleep(0.02)
-    if server.started:
+    from adaspec.server.launch import wait_until_listening
+
+    if wait_until_listening(server):
         announce(url)

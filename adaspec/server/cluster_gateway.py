@@ -24,8 +24,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client.parser import text_string_to_metric_families
 
+from adaspec.server import routes
 from adaspec.server.errors import APIError
-from adaspec.server.routes import CLIENT_GONE, DISCONNECT_POLL_S
+from adaspec.server.routes import CLIENT_GONE
 
 log = logging.getLogger("adaspec.server")
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"]
@@ -90,12 +91,8 @@ def create_gateway(replicas: Replicas) -> FastAPI:
 async def unless_gone(answering: Awaitable[Response], request: Request) -> Response:
     """The answer, unless the client leaves before it begins: then the request is
     cancelled on its replica (the lone server's rule for a whole answer, routes.py)."""
-    task = asyncio.ensure_future(answering)
-    while not (await asyncio.wait({task}, timeout=DISCONNECT_POLL_S))[0]:
-        if await request.is_disconnected():
-            task.cancel()
-            return CLIENT_GONE.response()
-    return task.result()
+    response = await routes.unless_gone(answering, request)
+    return CLIENT_GONE.response() if response is None else response
 
 
 async def answer(replicas: Replicas, request: Forwarded) -> Response:

@@ -88,12 +88,19 @@ def _announce_when_ready(
 ) -> None:
     """Once the warm-up settled and uvicorn listens: announce, or stop a failed server."""
     state.settled.wait()
-    while not server.started and not server.should_exit:
-        time.sleep(0.02)
+    listening = wait_until_listening(server)
     if state.status == "error":
         server.should_exit = True
-    elif server.started:
+    elif listening:
         announce()
+
+
+def wait_until_listening(server: uvicorn.Server) -> bool:
+    """Block until uvicorn listens (True: its socket refuses connections until then) or is
+    told to stop first (False)."""
+    while not server.started and not server.should_exit:
+        time.sleep(0.02)
+    return server.started
 
 
 @contextlib.contextmanager

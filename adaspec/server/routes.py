@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -27,6 +27,7 @@ router = APIRouter(prefix="/v1")
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 DISCONNECT_POLL_S = 0.1
 # What a request whose client left is answered (read by nobody; /metrics counts the code).
+T = TypeVar("T")
 CLIENT_GONE = APIError(499, "the client closed the connection", "cancelled", code="client_gone")
 
 
@@ -121,24 +122,24 @@ async def answer(
     if body.stream:
         events = stream(frame, completion, body.include_usage())
         return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
-    text = await whole_unless_gone(completion, request)
-    if text is None:
+    text = await unless_gone(completion.whole(), request)
+    if text is None:  # cancelled as a stream's request is (a cancel does not close pieces())
+        completion.abandon()
         return CLIENT_GONE.response()
     assert completion.outcome is not None  # set once the pieces are exhausted
     return JSONResponse(responses.body(frame, text, completion.outcome))
 
 
-async def whole_unless_gone(completion: Completion, request: Request) -> str | None:
-    """The whole answer; None where the client left first, its request then cancelled as
-    a stream's is. Starlette tells of a disconnect only when asked, so it is asked every
-    DISCONNECT_POLL_S while the answer runs."""
-    answer = asyncio.ensure_future(completion.whole())
-    while not (await asyncio.wait({answer}, timeout=DISCONNECT_POLL_S))[0]:
+async def unless_gone(work: Awaitable[T], request: Request) -> T | None:
+    """``work``'s result; None where the client left first (``work`` is then cancelled).
+    Starlette tells of a disconnect only when asked, so it is asked every DISCONNECT_POLL_S
+    while the work runs."""
+    task = asyncio.ensure_future(work)
+    while not (await asyncio.wait({task}, timeout=DISCONNECT_POLL_S))[0]:
         if await request.is_disconnected():
-            completion.abandon()
-            answer.cancel()
+            task.cancel()
             return None
-    return answer.result()
+    return task.result()
 
 
 async def stream(frame: responses.Frame, completion: Completion, usage: bool) -> AsyncIterator[str]:

@@ -318,7 +318,9 @@ async function answerInto(answer, messages, options, signal) {
   }
 }
 
+// A request under way (its AbortController in page.running) or none: the buttons follow.
 function busy(on) {
+  page.running = on ? new AbortController() : null;
   $("send").disabled = on;
   $("compare").disabled = on;
   $("stop").disabled = !on;
@@ -332,11 +334,9 @@ async function send(event) {
   $("prompt").value = "";
   showUser(text);
   const answer = new Answer($("log"));
-  page.running = new AbortController();
   busy(true);
   await answerInto(answer, messages, settings(), page.running.signal);
   page.history.push({ role: "user", content: text }, { role: "assistant", content: answer.text });
-  page.running = null;
   busy(false);
   answer.element.scrollIntoView({ block: "end" });
 }
@@ -355,7 +355,6 @@ async function compare() {
   delete greedy.seed;
   const off = new Answer(block, "Speculation off");
   const on = new Answer(block, "Speculation on");
-  page.running = new AbortController();
   busy(true);
   const done =
     (await answerInto(off, messages, { ...greedy, speculate: false }, page.running.signal)) &&
@@ -375,7 +374,6 @@ async function compare() {
     verdict.textContent = "The comparison did not finish.";
   }
   block.append(verdict);
-  page.running = null;
   busy(false);
 }
 
