@@ -54,7 +54,7 @@ class Replica:
 
     async def metrics(self) -> tuple[str, str]:
         text, _ = self.server.metrics.exposition()
-        return self.name, text.decode() if isinstance(text, bytes) else text
+        return self.name, text.decode()
 
     async def __del__(self) -> None:
         await self._life.__aexit__(None, None, None)
