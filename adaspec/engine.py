@@ -28,6 +28,7 @@ from adaspec.request import prompt_ids, request_config
 from adaspec.state import DecodeState, Sharing
 from adaspec.stats import ArmCost, GenerationStats, RowsSeen, StepOutcome
 from adaspec.tree import ROOT, TokenTree
+from adaspec.unverified import UnverifiedDrafts
 from adaspec.verify import verify_tree
 
 
@@ -99,6 +100,7 @@ class Running:
     state: DecodeState
     policy: Policy
     drafters: DrafterSet
+    unverified: UnverifiedDrafts = field(default_factory=UnverifiedDrafts)
 
     def parts(self) -> tuple[DecodeState, Policy, DrafterSet]:
         return self.state, self.policy, self.drafters
@@ -113,6 +115,7 @@ class _Planned:
     prescored: bool  # the prefill scored the first row: the pass runs only the draft
     draft_s: float
     asked: tuple[ArmCost, ...]  # each drafter asked, timed apart
+    unverified: tuple[Draft, ...]  # a plain step's unsampled proposals (none when drafting)
 
 
 class Engine:
@@ -258,7 +261,8 @@ class Engine:
         proposal = asked.draft
         draft = proposal.prefix(self._to_verify(policy, proposal))
         prescored = state.next_logits is not None
-        return _Planned(draft, proposal, prescored, self.clock() - t0, asked.costs)
+        unverified = () if draft.tokens else (*asked.passed_over, proposal)
+        return _Planned(draft, proposal, prescored, self.clock() - t0, asked.costs, unverified)
 
     def _to_verify(self, policy: Policy, proposal: Draft) -> int:
         """How many drafted nodes to verify. Lossless sampling needs the choice to verify
@@ -313,7 +317,10 @@ class Engine:
             tree,
             max(drafters.row_top_k, self.record_rows),
         )
+        start = len(state.tokens)
         state.tokens.extend(new)
+        running = _running(gen)
+        running.unverified.wait(plan.unverified, start)
         outcome = StepOutcome(
             drafted=len(tree),
             accepted=len(verdict.path),
@@ -330,6 +337,7 @@ class Engine:
             rows=rows,
             batch_rows=batch_rows,
             asked=plan.asked,
+            unverified=running.unverified.judge(state.tokens),
         )
         policy.observe(outcome)
         drafters.observe(outcome)
@@ -377,10 +385,12 @@ def _fed_rows(plan: _Planned) -> int:
 
 @dataclass(frozen=True)
 class Asked:
-    """The draft kept from the drafters asked in a step, and what asking each one cost."""
+    """The draft kept from the drafters asked in a step, what asking each one cost, and
+    the drafts not kept (judged as the text goes on where the step verifies none)."""
 
     draft: Draft
     costs: tuple[ArmCost, ...] = ()
+    passed_over: tuple[Draft, ...] = ()
 
 
 def ask_drafters(
@@ -395,7 +405,7 @@ def ask_drafters(
     asked, and the draft the policy values most is kept. A sampled draft is taken as it
     comes: choosing it by its own tokens' worth would bias the output (docs/design.md,
     rule 1). Each arm is timed on its own, so its cost is learnt apart from the others'."""
-    best, in_hand, costs = Draft(), budget.plain, []
+    best, in_hand, costs, passed_over = Draft(), budget.plain, [], []
     for name in budget.ask:
         arm = budget.for_drafter(name)
         if arm.max_tokens == 0 or (arm.promise is not None and arm.promise < in_hand):
@@ -404,11 +414,12 @@ def ask_drafters(
         draft = arms[name].propose(state, arm)
         costs.append(ArmCost(name, clock() - started, len(draft.tokens)))
         if draft.sampled:
-            return Asked(draft, tuple(costs))
+            return Asked(draft, tuple(costs), (*passed_over, best))
         worth = policy.value(draft)
         if worth >= in_hand:
-            best, in_hand = draft, worth
-    return Asked(best, tuple(costs))
+            best, draft, in_hand = draft, best, worth
+        passed_over.append(draft)
+    return Asked(best, tuple(costs), tuple(passed_over))
 
 
 def _rows_seen(logits: torch.Tensor, tokens: list[int], tree: TokenTree, k: int) -> RowsSeen | None:

@@ -150,3 +150,27 @@ def verify_sampling(
 ) -> Verdict:
     verdict = walk_sampling(p, TokenTree.chain(draft_tokens), q, generator)
     return Verdict(verdict.tokens, len(verdict.path))
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """A draft's nodes as a verify would judge them, were the given tokens the target's."""
+
+    judged: list[tuple[int, bool]]  # (node, matched) of each node whose parent matched
+    complete: bool  # the walk ended in the draft (a level matched nowhere, or a leaf)
+
+
+def judge_unverified(tree: TokenTree, committed: Sequence[int]) -> Judgement:
+    """Under greedy decoding exactly a verify's verdict; under sampling, for fixed tokens
+    (a lookup's), a node matches with the probability that the target accepts it. Not
+    complete while the committed tokens end before the walk does."""
+    judged: list[tuple[int, bool]] = []
+    node = ROOT
+    for token in committed:
+        children = tree.children(node)
+        match = next((c for c in children if tree.tokens[c] == token), None)
+        judged += [(c, c == match) for c in children]
+        if match is None:
+            return Judgement(judged, True)
+        node = match
+    return Judgement(judged, not tree.children(node))

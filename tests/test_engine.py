@@ -5,9 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from adaspec.budget import Budget
 from adaspec.build import EngineSpec, build_engine
 from adaspec.config import GenerationConfig, SamplingParams
+from adaspec.draft import Draft
 from adaspec.drafters import DRAFTERS as DRAFTER_NAMES
+from adaspec.drafters.base import OpenByCopy
 from adaspec.drafters.model import ModelDrafter
 from adaspec.drafters.none import NoDrafter
 from adaspec.engine import Engine
@@ -15,6 +18,8 @@ from adaspec.errors import ConfigError
 from adaspec.policies import POLICIES as POLICY_NAMES
 from adaspec.policies.fixed import FixedPolicy
 from adaspec.policies.goodput import GoodputPolicy
+from adaspec.state import DecodeState
+from adaspec.stats import StepOutcome, Unverified
 from tests.power import ALPHA, chi_square
 from tests.tiny import (
     DRAFTERS,
@@ -113,6 +118,56 @@ def test_each_step_records_how_sure_the_target_was_of_its_own_token(target, reco
     rows = target.forward([*PROMPTS[1], *result.token_ids[:4]])
     assert first.target_top == pytest.approx(float(torch.softmax(rows[-1], -1).max()), rel=1e-4)
     assert all(0.0 < s.target_top <= 1.0 for s in result.stats.steps)
+
+
+class RepeatsLast(OpenByCopy):
+    """Drafts the last token twice: right exactly where the text repeats a token."""
+
+    name = "repeats-last"
+    needs_draft_model = uses_draft_model = False
+    row_top_k = 0
+
+    def start(self, state: DecodeState) -> None:
+        pass
+
+    def propose(self, state: DecodeState, budget: Budget) -> Draft:
+        return Draft([state.tokens[-1]] * 2, None, [0.5, 0.5], self.name)
+
+    def observe(self, outcome: StepOutcome) -> None:
+        pass
+
+
+class VerifiesNothing(FixedPolicy):
+    def trim(self, draft: Draft) -> int:
+        return 0
+
+
+def test_a_draft_a_plain_step_left_is_judged_as_the_text_goes_on(target):
+    """A draft a plain step did not verify waits until the committed text has left it or
+    reached its end, then is judged node by node as a verify would have; only then does
+    its drafter's next one wait (the last step has no room to draft)."""
+    prompt = PROMPTS[2]
+    engine = Engine(target, RepeatsLast(), VerifiesNothing(4))
+    result = engine.generate(prompt, GenerationConfig(max_new_tokens=24))
+    text = [*prompt, *result.token_ids]
+    steps, waiting, seen = result.stats.steps, None, set()
+    for i, step in enumerate(steps):
+        at = len(prompt) + i  # the token this step committed
+        if waiting is None and i < len(steps) - 1:
+            waiting = at  # the draft guesses text[at - 1] twice from here
+        expected = ()
+        if waiting is not None:
+            guessed = text[waiting : at + 1][:2]
+            matched = next((k for k, t in enumerate(guessed) if t != text[waiting - 1]), None)
+            if matched is not None or len(guessed) == 2:
+                hits = len(guessed) if matched is None else matched
+                judged = min(hits + 1, 2)
+                tried = tuple((0.5, k < hits) for k in range(judged))
+                expected = (Unverified("repeats-last", tried, hits, judged),)
+                seen.add((hits, at - waiting))
+                waiting = None
+        assert step.drafted == 0 and step.unverified == expected, i
+    assert {(2, 1), (0, 0)} <= seen  # judged a step later, and at once
 
 
 def test_autoregressive_mean_accepted_is_one(target):

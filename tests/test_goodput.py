@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import replace
+from itertools import pairwise
 
 import pytest
 import torch
@@ -23,7 +24,7 @@ from adaspec.policies.goodput import DOUBT, GoodputPolicy
 from adaspec.policies.rates import best_length, best_prefix, expected_tokens
 from adaspec.profile import CostProfile
 from adaspec.state import DecodeState
-from adaspec.stats import ArmCost, StepOutcome
+from adaspec.stats import ArmCost, StepOutcome, Unverified
 from tests.tiny import DRAFTERS, ClockedBackend, FakeClock, ar_tokens, backend, tiny_model
 
 COSTS = {
@@ -64,10 +65,14 @@ def test_best_prefix_equals_best_length_for_equal_probabilities():
             assert best_prefix([acceptance] * 10, cost, 0.0) == expected, name
 
 
-def simulate(policy, cost, acceptance_at, steps, confidence=0.9, draft_ms=0.0, seed=0):
+def simulate(
+    policy, cost, acceptance_at, steps, confidence=0.9, draft_ms=0.0, seed=0, judged=False
+):
     """Run the policy on a synthetic machine: the drafter fills its budget with tokens of a
     fixed confidence, the target accepts each with ``acceptance_at(step)`` in turn, and a
-    verify of n positions takes ``cost(n)`` ms. Returns the verified length per step."""
+    verify of n positions takes ``cost(n)`` ms. ``judged``: a draft a plain step left is
+    judged as the engine judges it once the text is committed (at once, here). Returns the
+    verified length per step."""
     rng = random.Random(seed)
     state = DecodeState([1, 2, 3], 3, SamplingParams(), torch.Generator())
     policy.start(state, ARMS)
@@ -82,6 +87,13 @@ def simulate(policy, cost, acceptance_at, steps, confidence=0.9, draft_ms=0.0, s
         while accepted < verified and rng.random() < acceptance_at(step):
             accepted += 1
         lengths.append(verified)
+        unverified = ()
+        if judged and not verified and draft.tokens:
+            hits = 0
+            while hits < len(draft.tokens) and rng.random() < acceptance_at(step):
+                hits += 1
+            tried = tuple((confidence, k < hits) for k in range(min(hits + 1, len(draft.tokens))))
+            unverified = (Unverified("synthetic", tried, hits, len(tried)),)
         outcome = StepOutcome(
             drafted=verified,
             accepted=accepted,
@@ -91,6 +103,7 @@ def simulate(policy, cost, acceptance_at, steps, confidence=0.9, draft_ms=0.0, s
             drafter="synthetic",
             proposed=len(draft.tokens),
             confidences=tuple(draft.confidences[:verified]),
+            unverified=unverified,
         )
         policy.observe(outcome)
         state.tokens.extend([7] * outcome.emitted)
@@ -117,6 +130,31 @@ def test_policy_settles_on_the_best_length(cost, acceptance):
         assert achieved >= 0.9 * best, (lengths, best)
     else:  # near break-even the policy is cautious by design, but never slower than plain
         assert achieved >= plain, (lengths, best)
+
+
+def steep(n: int) -> float:
+    """llama.cpp's forward over n rows on a two-core CPU (a saved profile's, 512 tokens of
+    context): each row costs most of a step."""
+    points = [(1, 52.0), (2, 95.0), (4, 164.0), (8, 329.0), (16, 632.0)]
+    for (n0, ms0), (n1, ms1) in pairwise(points):
+        if n <= n1:
+            return ms0 + (ms1 - ms0) * (n - n0) / (n1 - n0)
+    return 632.0 * n / 16
+
+
+@pytest.mark.parametrize("judged", [True, False])
+def test_a_free_drafter_never_verified_learns_from_the_text_it_guessed(judged):
+    """Where only long, nearly sure drafts pay, a lookup whose raw confidence (0.5) says
+    its tokens are doubtful is never verified, so verifying alone would never show that
+    it is right 99% of the time. Its drafts judged against the text that followed show it
+    for free, and it goes on to verify drafts of several tokens; the control, without that
+    evidence, stays plain to the end."""
+    policy = GoodputPolicy(16, _profile_of(steep))
+    lengths = simulate(policy, steep, lambda step: 0.99, 80, confidence=0.5, judged=judged)
+    if judged:
+        assert sum(lengths[40:]) >= 2.5 * 40, lengths
+    else:
+        assert sum(lengths) == 0, lengths
 
 
 def test_policy_with_a_cost_profile_never_speculates_on_linear_cost():

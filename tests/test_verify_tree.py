@@ -9,7 +9,7 @@ import torch
 from adaspec.config import SamplingParams
 from adaspec.sampling import sample
 from adaspec.tree import ROOT, TokenTree
-from adaspec.verify import verify_greedy, verify_tree
+from adaspec.verify import Judgement, judge_unverified, verify_greedy, verify_tree
 from tests.power import ALPHA, chi_square
 
 VOCAB = 4
@@ -35,6 +35,45 @@ def rows_for(argmaxes: list[int]) -> torch.Tensor:
 def test_greedy_table(tree, argmax, path, tokens):
     verdict = verify_tree(rows_for(argmax), tree, None, SamplingParams())
     assert (verdict.path, verdict.tokens) == (path, tokens)
+
+
+@pytest.mark.parametrize(
+    ("committed", "judged", "complete"),
+    [
+        ([1, 3, 9], [(0, True), (1, False), (2, True)], True),  # down 1 -> 3, a leaf
+        ([1, 3], [(0, True), (1, False), (2, True)], True),
+        ([2, 5], [(0, False), (1, True), (3, False)], True),  # 2, then not its child 4
+        ([7], [(0, False), (1, False)], True),  # no first-level node
+        ([2], [(0, False), (1, True)], False),  # 4 below 2 waits for the next token
+        ([], [], False),  # nothing committed yet
+    ],
+)
+def test_a_draft_not_verified_is_judged_by_the_committed_tokens(committed, judged, complete):
+    """Each node whose parent matched is judged, as a verify judges them; the walk ends at
+    the first level none of whose nodes matched, or at a leaf."""
+    tree = TokenTree((1, 2, 3, 4), (ROOT, ROOT, 0, 1))
+    assert judge_unverified(tree, committed) == Judgement(judged, complete)
+
+
+def test_judging_by_a_greedy_verdicts_tokens_finds_its_path():
+    """Under greedy decoding the judgement is the verdict itself: judged by the tokens a
+    verify of the same tree emitted, the matched nodes are its accepted path."""
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        n = int(torch.randint(0, 7, (1,), generator=generator))
+        parents = tuple(int(torch.randint(-1, i, (1,), generator=generator)) for i in range(n))
+        tree = TokenTree(tuple(torch.randint(0, 3, (n,), generator=generator).tolist()), parents)
+        if any(
+            len({tree.tokens[c] for c in tree.children(node)}) < len(tree.children(node))
+            for node in (ROOT, *range(n))
+        ):
+            continue  # siblings with one token: a lookup never proposes them
+        logits = torch.randn(n + 1, 3, generator=generator)
+        verdict = verify_tree(logits, tree, None, SamplingParams())
+        judgement = judge_unverified(tree, verdict.tokens)
+        assert judgement.complete
+        matched = [node for node, ok in judgement.judged if ok]
+        assert matched == verdict.path
 
 
 def test_greedy_on_a_chain_is_the_chain_rule():

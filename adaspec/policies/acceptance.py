@@ -191,14 +191,25 @@ class Calibration:
 
     def observe_tried(self, drafter: str, tried: Sequence[tuple[float, bool]]) -> None:
         """(confidence, accepted) of each node the target judged."""
-        self._points.pop(drafter, None)
         self._age(drafter)
         confidences = [c for c, _ in tried]
         outcomes = [1.0 if ok else 0.0 for _, ok in tried]
         self._fit_offset(drafter, confidences, outcomes)
-        for confidence, y in zip(confidences, outcomes, strict=True):
+        self._count(drafter, tried)
+
+    def observe_unverified(self, drafter: str, tried: Sequence[tuple[float, bool]]) -> None:
+        """(confidence, matched) of the nodes of a draft not verified, judged later by the
+        committed text: its bins learn what a confidence means (aged with the drafter's
+        steps as ever), but not this request's offset. The judgement arrives once the text
+        has reached the draft's end, maybe many steps on, and moving the offset then by a
+        long match that is over made the next drafts look surer than they were."""
+        self._count(drafter, tried)
+
+    def _count(self, drafter: str, tried: Sequence[tuple[float, bool]]) -> None:
+        self._points.pop(drafter, None)
+        for confidence, ok in tried:
             counts = self.counts.setdefault((drafter, self._bin(confidence)), [0.0, 0.0])
-            counts[0] += y
+            counts[0] += 1.0 if ok else 0.0
             counts[1] += 1.0
 
     def probability(self, drafter: str, confidence: float) -> float:

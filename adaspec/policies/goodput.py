@@ -23,7 +23,7 @@ from adaspec.policies.estimates import DraftCost, Ewma, VerifyCost
 from adaspec.policies.rates import best_length, best_prefix, best_prefix_and_rate, expected_tokens
 from adaspec.profile import CostProfile, machine_profile, planning_profile
 from adaspec.state import ALONE, DecodeState
-from adaspec.stats import ArmCost, StepOutcome
+from adaspec.stats import ArmCost, StepOutcome, Unverified
 
 if TYPE_CHECKING:
     from adaspec.draft import Draft
@@ -163,12 +163,22 @@ class GoodputPolicy(PolicyDefaults):
                 cost.idle()
         for cost in costs:
             self._observe_cost(cost, before)
+        for unverified in self._unverified(outcome):
+            self.calibration.observe_unverified(unverified.drafter, unverified.tried)
         if not outcome.drafter:
             return
         trimmed = outcome.proposed > outcome.drafted and not self._free(outcome.drafter)
         judged = len(outcome.judged()) + (trimmed and outcome.accepted == outcome.drafted)
         self.acceptance.observe_tested(outcome.drafter, judged, outcome.accepted)
         self.calibration.observe_tried(outcome.drafter, outcome.tried())
+
+    def _unverified(self, outcome: StepOutcome) -> list[Unverified]:
+        """Drafts of free drafters that plain steps left unverified, judged now that the
+        text they guessed is committed (adaspec/unverified.py): one that trim() never let
+        verify still learns how often it is right. A drafter that pays per token learns
+        from what it is verified on: a draft of its trimmed to nothing counts as a
+        rejection (observe)."""
+        return [u for u in outcome.unverified if u.judged and self._free(u.drafter)]
 
     def _observe_cost(self, cost: ArmCost, context: int) -> None:
         """Learn what a token of this drafter costs; an arm's first step here paid its
