@@ -417,8 +417,10 @@ def ask_drafters(
             return Asked(draft, tuple(costs), (*passed_over, best))
         worth = policy.value(draft)
         if worth >= in_hand:
-            best, draft, in_hand = draft, best, worth
-        passed_over.append(draft)
+            passed_over.append(best)
+            best, in_hand = draft, worth
+        else:
+            passed_over.append(draft)
     return Asked(best, tuple(costs), tuple(passed_over))
 
 

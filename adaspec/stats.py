@@ -46,14 +46,15 @@ class ArmCost:
 
 @dataclass(frozen=True)
 class Unverified:
-    """A proposal none of whose nodes was verified (passed over, or trimmed to nothing),
-    judged against the tokens the step emitted (verify.judge_unverified): evidence of
-    how often the drafter is right that cost no target row."""
+    """A draft a plain step left unverified (passed over, or trimmed to nothing), judged
+    once the committed text has left it or reached its end (verify.judge_unverified,
+    adaspec/unverified.py): evidence of how often the drafter is right that cost no
+    target row."""
 
     drafter: str
     tried: tuple[tuple[float, bool], ...]  # (confidence, matched) of judged nodes with one
     accepted: int  # judged nodes that matched
-    judged: int  # nodes a verify would have judged, as far as the emitted tokens reach
+    judged: int  # nodes a verify would have judged (those whose parent matched)
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ class StepOutcome:
     # ``positions`` when it ran alone): its verify time is the whole pass's.
     batch_rows: int | None = None
     asked: tuple[ArmCost, ...] = ()  # each drafter asked this step; () where untimed apart
-    unverified: tuple[Unverified, ...] = ()  # unsampled proposals of which nothing was verified
+    unverified: tuple[Unverified, ...] = ()  # earlier plain steps' drafts, judged by now
 
     def arm_costs(self) -> tuple[ArmCost, ...]:
         """Each asked drafter's cost: ``asked``, or the whole drafting time charged to the

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from adaspec.draft import Draft
 from adaspec.stats import Unverified
+from adaspec.tree import TokenTree
 from adaspec.verify import judge_unverified
 
 
@@ -21,6 +22,7 @@ from adaspec.verify import judge_unverified
 class Pending:
     start: int  # committed tokens when it was drafted: it guesses those from here on
     draft: Draft
+    tree: TokenTree  # the draft's, built once: it is walked every step until judged
 
 
 @dataclass
@@ -38,14 +40,14 @@ class UnverifiedDrafts:
     def wait(self, drafts: Sequence[Draft], start: int) -> None:
         """Unsampled drafts of a step that verified none, drafted after ``start`` tokens."""
         for draft in drafts:
-            if draft.tokens and not draft.sampled:
-                self.pending.setdefault(draft.source, Pending(start, draft))
+            if draft.tokens and not draft.sampled and draft.source not in self.pending:
+                self.pending[draft.source] = Pending(start, draft, draft.tree)
 
     def judge(self, tokens: Sequence[int]) -> tuple[Unverified, ...]:
         """The waiting drafts the committed ``tokens`` now judge completely."""
         done = []
         for name, waiting in list(self.pending.items()):
-            judgement = judge_unverified(waiting.draft.tree, tokens[waiting.start :])
+            judgement = judge_unverified(waiting.tree, tokens[waiting.start :])
             if judgement.complete:
                 del self.pending[name]
                 done.append(_unverified(waiting.draft, judgement.judged))

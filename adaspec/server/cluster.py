@@ -22,6 +22,7 @@ from typing import Any
 from adaspec.build import EngineSpec
 from adaspec.errors import ConfigError
 from adaspec.server.cluster_gateway import Forwarded, Replicas
+from adaspec.server.launch import wait_until_listening
 from adaspec.server.settings import ServerSettings
 
 APP_NAME = "adaspec"
@@ -183,7 +184,6 @@ def serve_replicas(
 
 
 def announce_when_up(server: Any, url: str, announce: Callable[[str], None]) -> None:
-    from adaspec.server.launch import wait_until_listening
-
+    """Once uvicorn listens (the socket refuses connections until then): announce."""
     if wait_until_listening(server):
         announce(url)

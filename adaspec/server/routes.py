@@ -26,8 +26,8 @@ log = logging.getLogger("adaspec.server")
 router = APIRouter(prefix="/v1")
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 DISCONNECT_POLL_S = 0.1
-# What a request whose client left is answered (read by nobody; /metrics counts the code).
 T = TypeVar("T")
+# What a request whose client left is answered (read by nobody; /metrics counts the code).
 CLIENT_GONE = APIError(499, "the client closed the connection", "cancelled", code="client_gone")
 
 
